@@ -1,0 +1,66 @@
+# diskcrypt: top-level build and test entry points.
+#
+#   make demo     install dependencies, build, boot the QEMU guest and show the
+#                 target at work (the README's first command)
+#   make check    every test: lint, host unit tests (plain and ASan+UBSan), and
+#                 the kernel suite in the QEMU guest (the README's second command)
+#   make all      build the module (kmod/) and the C++ parts (CMake)
+#   make bench    throughput: raw device, dm-crypt and diskcrypt in one guest
+#   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
+#   make install  install the module and programs (DESTDIR honoured)
+#   make clean
+#
+# Build outputs go to build/ (override with BUILD=...).
+
+BUILD ?= $(CURDIR)/build
+export DISKCRYPT_BUILD := $(BUILD)
+JOBS ?= $(shell nproc)
+
+all: kmod cxx
+
+deps:
+	@packaging/install-deps.sh
+
+kmod:
+	$(MAKE) -C kmod
+
+cxx:
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD)/cmake -j $(JOBS)
+
+cxx-asan:
+	cmake -S . -B $(BUILD)/asan -DCMAKE_BUILD_TYPE=Debug -DDISKCRYPT_SANITIZE=ON >/dev/null
+	cmake --build $(BUILD)/asan -j $(JOBS)
+
+lint: deps
+	tests/lint.sh
+
+unit: cxx cxx-asan
+	cd $(BUILD)/cmake && ctest --output-on-failure
+	cd $(BUILD)/asan && ctest --output-on-failure
+
+test-kmod: kmod cxx
+	tests/kmod/run.sh
+
+check: deps
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) test-kmod
+
+demo: deps
+	$(MAKE) all
+	tests/demo/run.sh
+
+bench: deps
+	$(MAKE) all
+	tests/bench/run.sh
+
+install: all
+	$(MAKE) -C kmod install
+	cmake --install $(BUILD)/cmake --prefix $(or $(PREFIX),/usr/local)
+
+clean:
+	$(MAKE) -C kmod clean
+	rm -rf $(BUILD)
+
+.PHONY: all deps kmod cxx cxx-asan lint unit test-kmod check demo bench install clean

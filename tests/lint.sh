@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# make lint: the kernel module under checkpatch.pl --strict (from Debian's
+# linux-source package, the exact source of the kernel the tests boot), W=1
+# and sparse (C=2), and the C++ under clang-tidy and clang-format.
+# Any finding fails. Usage: tests/lint.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
+CP=$BUILD/lint/checkpatch
+status=0
+finding() {
+	echo "lint: $*" >&2
+	status=1
+}
+
+# checkpatch.pl and its data files, unpacked once from linux-source-X.Y.
+if [ ! -x "$CP/checkpatch.pl" ]; then
+	kver=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/.*linux-headers-\([0-9]*\.[0-9]*\).*/\1/p')
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	(cd "$tmp" && apt-get download -q "linux-source-$kver" >/dev/null 2>&1) ||
+		{ echo "lint: cannot download linux-source-$kver" >&2; exit 2; }
+	mkdir -p "$CP"
+	dpkg-deb --fsys-tarfile "$tmp"/linux-source-*.deb |
+		tar -xO "./usr/src/linux-source-$kver.tar.xz" |
+		tar -xJ -C "$CP" --strip-components=2 \
+			"linux-source-$kver/scripts/checkpatch.pl" \
+			"linux-source-$kver/scripts/spelling.txt" \
+			"linux-source-$kver/scripts/const_structs.checkpatch"
+fi
+
+echo "lint: checkpatch.pl --strict kmod/" >&2
+mapfile -t ksrc < <(cd "$ROOT" && git ls-files 'kmod/*.[ch]' 'kmod/Kbuild' 'kmod/Makefile')
+if ! out=$(cd "$ROOT" && perl "$CP/checkpatch.pl" --no-tree --strict --terse --show-types -f "${ksrc[@]}" 2>&1); then
+	finding "checkpatch:"$'\n'"$out"
+elif grep -qE '(WARNING|ERROR|CHECK):' <<<"$out"; then
+	finding "checkpatch:"$'\n'"$out"
+fi
+
+echo "lint: kmod with W=1 and sparse (C=2)" >&2
+make -s -C "$ROOT/kmod" clean >/dev/null
+if ! out=$(make -C "$ROOT/kmod" W=1 C=2 2>&1); then
+	finding "kmod build failed:"$'\n'"$out"
+elif grep -E 'warning:|error:|sparse:' <<<"$out" | grep -v 'Skipping BTF'; then
+	finding "kmod W=1 / sparse reported the lines above"
+fi
+
+echo "lint: clang-tidy and clang-format on C++" >&2
+cmake -S "$ROOT" -B "$BUILD/cmake" >/dev/null
+mapfile -t cxx < <(cd "$ROOT" && git ls-files '*.cpp' '*.hpp')
+if ((${#cxx[@]})); then
+	(cd "$ROOT" && clang-format --dry-run --Werror "${cxx[@]}") || finding "clang-format: run clang-format -i on the files above"
+	for f in "${cxx[@]}"; do
+		clang-tidy --quiet -p "$BUILD/cmake" "$ROOT/$f" 2>/dev/null || finding "clang-tidy: $f"
+	done
+fi
+
+[ "$status" = 0 ] && echo "lint: clean" >&2
+exit "$status"
