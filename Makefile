@@ -2,8 +2,9 @@
 #
 #   make demo     install dependencies, build, boot the QEMU guest and show the
 #                 target at work (the README's first command)
-#   make check    every test: lint, host unit tests (plain and ASan+UBSan), and
-#                 the kernel suite in the QEMU guest (the README's second command)
+#   make check    every test: lint, host unit tests (plain and ASan+UBSan), the
+#                 harness self-test and the kernel suite in the QEMU guest (the
+#                 README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
 #   make bench    throughput: raw device, dm-crypt and diskcrypt in one guest
 #   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
@@ -39,12 +40,16 @@ unit: cxx cxx-asan
 	cd $(BUILD)/cmake && ctest --output-on-failure
 	cd $(BUILD)/asan && ctest --output-on-failure
 
+test-vm:
+	tests/vm/selftest.sh
+
 test-kmod: kmod cxx
 	tests/kmod/run.sh
 
 check: deps
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) test-vm
 	$(MAKE) test-kmod
 
 demo: deps
@@ -63,4 +68,4 @@ clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: all deps kmod cxx cxx-asan lint unit test-kmod check demo bench install clean
+.PHONY: all deps kmod cxx cxx-asan lint unit test-vm test-kmod check demo bench install clean

@@ -48,11 +48,17 @@ case "${1:-}" in
 	;;
 esac
 
-# Collect the packages dpkg does not report as installed.
+# Collect the packages dpkg does not report as installed (one dpkg-query run; it
+# complains about unknown packages, which are simply missing).
+declare -A installed=()
+while read -r pkg status; do
+	if [[ "$status" == installed ]]; then
+		installed[$pkg]=1
+	fi
+done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PACKAGES[@]}" 2>/dev/null || true)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-	status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-	[[ "$status" == installed ]] || missing+=("$pkg")
+	[[ -n "${installed[$pkg]:-}" ]] || missing+=("$pkg")
 done
 
 if ((${#missing[@]} == 0)); then

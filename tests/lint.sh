@@ -31,7 +31,7 @@ if [ ! -x "$CP/checkpatch.pl" ]; then
 fi
 
 echo "lint: checkpatch.pl --strict kmod/" >&2
-mapfile -t ksrc < <(cd "$ROOT" && git ls-files 'kmod/*.[ch]' 'kmod/Kbuild' 'kmod/Makefile')
+mapfile -t ksrc < <(cd "$ROOT" && git ls-files 'kmod/*.[ch]' 'kmod/Kbuild' 'kmod/Makefile' 'tests/vm/dummy-kmod/*.[ch]')
 if ! out=$(cd "$ROOT" && perl "$CP/checkpatch.pl" --no-tree --strict --terse --show-types -f "${ksrc[@]}" 2>&1); then
 	finding "checkpatch:"$'\n'"$out"
 elif grep -qE '(WARNING|ERROR|CHECK):' <<<"$out"; then

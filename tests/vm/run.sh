@@ -71,7 +71,7 @@ while true; do
 done
 (($# == 0)) || usage_error "unexpected argument '$1'"
 [[ "$timeout" =~ ^[0-9]+$ ]] || usage_error "--timeout wants seconds, got '$timeout'"
-[[ -n "$run" ]] || usage_error "--run a,b,c is required"
+[[ "$run" =~ ^[A-Za-z0-9_./,-]+$ ]] || usage_error "--run wants test names like a,b,suite/c"
 [[ -n "$kver" ]] || kver=$("$ROOT/tests/vm/kernel.sh" "$kdir")
 kernel=$kdir/$kver/vmlinux
 [[ -f "$kernel" ]] || usage_error "no kernel $kernel (run tests/vm/kernel.sh)"
@@ -80,7 +80,8 @@ kernel=$kdir/$kver/vmlinux
 drives=()
 for i in "${!disks[@]}"; do
 	[[ -f "${disks[$i]}" ]] || usage_error "--disk ${disks[$i]}: no such file"
-	drives+=(-drive "file=${disks[$i]},if=none,id=d$i,format=raw,cache=unsafe"
+	# QEMU's option syntax escapes a comma by doubling it.
+	drives+=(-drive "file=${disks[$i]//,/,,},if=none,id=d$i,format=raw,cache=unsafe"
 		-device "virtio-blk-pci,drive=d$i")
 done
 
