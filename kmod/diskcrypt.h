@@ -12,8 +12,10 @@
 #include <linux/bio.h>
 #include <linux/blk_types.h>
 #include <linux/device-mapper.h>
+#include <linux/llist.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
+#include <linux/scatterlist.h>
 #include <linux/types.h>
 #include <linux/workqueue.h>
 #include <crypto/skcipher.h>
@@ -22,7 +24,6 @@
 
 #define DC_KEY_BYTES		64	/* AES-256-XTS: two 256-bit keys */
 #define DC_IV_BYTES		16
-#define DC_MAX_FEATURES		4
 #define DC_CIPHER_DEFAULT	"aes-xts-plain64"
 #define DC_ALG_NAME		"xts(aes)"
 
@@ -31,7 +32,10 @@ enum dc_flag {
 	DC_IV_LARGE_SECTORS,	/* IV counts sector_size units, not 512B */
 	DC_ALLOW_DISCARDS,	/* pass discards down to the device */
 	DC_ZERO_UNWRITTEN,	/* all-zero ciphertext sectors read as zeros */
-	DC_KEY_VALID,		/* the tfm holds the table's key */
+	DC_READ_WORKQUEUE,	/* decrypt reads in the workqueue, not inline */
+	DC_WRITE_WORKQUEUE,	/* encrypt writes in the workqueue, not inline */
+	DC_NR_FEATURES,		/* bits above are table features */
+	DC_KEY_VALID = DC_NR_FEATURES,	/* the tfm holds the table's key */
 	DC_SUSPENDED,		/* between postsuspend and resume */
 };
 
@@ -42,7 +46,10 @@ struct dc_stats {
 	u64 read_sectors;
 	u64 write_sectors;
 	u64 zero_sectors;	/* sectors returned as zeros (zero_unwritten) */
-	u64 errors;
+	u64 errors;		/* bios completed with an error */
+	u64 async;		/* crypto requests that completed asynchronously */
+	u64 backlogged;		/* of those, requests the driver backlogged */
+	u64 deferred;		/* bios whose crypto moved to the workqueue */
 };
 
 /*
@@ -50,6 +57,7 @@ struct dc_stats {
  * flags (atomic bitops) and the key, which changes only while suspended.
  */
 struct dc_config {
+	const char *name;		/* the mapped device, "major:minor" */
 	struct dm_dev *dev;
 	sector_t start;			/* data offset on dev, 512B sectors */
 	u64 iv_offset;			/* added to the sector before the IV */
@@ -63,38 +71,73 @@ struct dc_config {
 
 	struct workqueue_struct *wq;
 	struct bio_set bs;
-	mempool_t page_pool;
+	mempool_t page_pool;		/* bounce pages for writes */
+	mempool_t req_pool;		/* crypto requests beyond the inline one */
 	struct mutex alloc_lock;	/* serialises blocking page allocation */
+	unsigned int req_size;		/* struct dc_req + skcipher request */
 
 	struct dc_stats __percpu *stats;
 	unsigned int per_io_size;	/* ti->per_io_data_size */
 };
 
 /*
- * Per-bio state, in dm's per-bio data. A struct skcipher_request follows it,
- * sized for the tfm at construction (see dc_io_req()).
+ * One crypto request: one sector in flight. The skcipher request, with the
+ * tfm's context after it, follows at DC_REQ_SK_OFFSET.
+ */
+struct dc_req {
+	struct dc_io *io;
+	struct scatterlist sg_in;
+	struct scatterlist sg_out;
+	u8 iv[DC_IV_BYTES] __aligned(8);
+};
+
+#define DC_REQ_SK_OFFSET \
+	ALIGN(sizeof(struct dc_req), __alignof__(struct skcipher_request))
+
+static inline struct skcipher_request *dc_req_sk(struct dc_req *rq)
+{
+	return (struct skcipher_request *)((u8 *)rq + DC_REQ_SK_OFFSET);
+}
+
+static inline unsigned int dc_req_size(struct crypto_skcipher *tfm)
+{
+	return DC_REQ_SK_OFFSET + sizeof(struct skcipher_request) +
+	       crypto_skcipher_reqsize(tfm);
+}
+
+/*
+ * Per-bio state, in dm's per-bio data; the first crypto request (struct
+ * dc_req) follows it at DC_IO_REQ_OFFSET.
  */
 struct dc_io {
 	struct dc_config *dc;
 	struct bio *base_bio;		/* the bio dm gave us */
+	struct bio *clone;		/* writes: the bounce bio */
 	struct bvec_iter iter;		/* base_bio's data, saved at map time */
 	sector_t sector;		/* target-relative start sector */
+
+	/* Conversion cursor: where the next sector comes from and goes to. */
+	struct bio *bio_in;
+	struct bio *bio_out;
+	struct bvec_iter iter_in;
+	struct bvec_iter iter_out;
+	u64 iv_sector;			/* next sector + iv_offset, 512B units */
+	struct dc_req *free_req;	/* a request not in flight, or NULL */
+
+	atomic_t pending;		/* requests in flight + 1 for the issuer */
+	blk_status_t error;
+	bool wait_restart;		/* a backlog restart is still owed */
+	struct completion restart;	/* a backlogged request was accepted */
 	struct work_struct work;
-	u8 iv[DC_IV_BYTES] __aligned(8);
+	struct llist_node llnode;	/* on the per-CPU softirq list */
 };
 
 #define DC_IO_REQ_OFFSET \
 	ALIGN(sizeof(struct dc_io), __alignof__(struct skcipher_request))
 
-static inline struct skcipher_request *dc_io_req(struct dc_io *io)
+static inline struct dc_req *dc_io_req(struct dc_io *io)
 {
-	return (struct skcipher_request *)((u8 *)io + DC_IO_REQ_OFFSET);
-}
-
-static inline unsigned int dc_per_io_size(struct crypto_skcipher *tfm)
-{
-	return DC_IO_REQ_OFFSET + sizeof(struct skcipher_request) +
-	       crypto_skcipher_reqsize(tfm);
+	return (struct dc_req *)((u8 *)io + DC_IO_REQ_OFFSET);
 }
 
 /* table.c */
@@ -114,6 +157,8 @@ int dc_wipe_key(struct dc_config *dc);
 int dc_map(struct dm_target *ti, struct bio *bio);
 int dc_io_init(struct dm_target *ti, struct dc_config *dc);
 void dc_io_exit(struct dc_config *dc);
+void dc_io_module_init(void);
+void dc_io_module_exit(void);
 
 /* status.c */
 void dc_status(struct dm_target *ti, status_type_t type,

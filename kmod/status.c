@@ -23,6 +23,9 @@ static void dc_sum_stats(struct dc_config *dc, struct dc_stats *sum)
 		sum->write_sectors += s->write_sectors;
 		sum->zero_sectors += s->zero_sectors;
 		sum->errors += s->errors;
+		sum->async += s->async;
+		sum->backlogged += s->backlogged;
+		sum->deferred += s->deferred;
 	}
 }
 
@@ -33,8 +36,10 @@ static const char *dc_key_state(struct dc_config *dc)
 
 /*
  * INFO:  key:<valid|wiped> reads:<n> writes:<n> read_sectors:<n>
- *        write_sectors:<n> zero_sectors:<n> errors:<n>
- *        (sectors are 512-byte units)
+ *        write_sectors:<n> zero_sectors:<n> errors:<n> async:<n>
+ *        backlogged:<n> deferred:<n>
+ *        (sectors are 512-byte units; async and backlogged count crypto
+ *        requests, deferred counts bios whose crypto ran in the workqueue)
  * TABLE: the constructor's grammar, with the key as :64:logon:<description>.
  */
 void dc_status(struct dm_target *ti, status_type_t type,
@@ -46,6 +51,8 @@ void dc_status(struct dm_target *ti, status_type_t type,
 	bool large = test_bit(DC_IV_LARGE_SECTORS, &dc->flags);
 	bool discards = test_bit(DC_ALLOW_DISCARDS, &dc->flags);
 	bool zeros = test_bit(DC_ZERO_UNWRITTEN, &dc->flags);
+	bool rwq = test_bit(DC_READ_WORKQUEUE, &dc->flags);
+	bool wwq = test_bit(DC_WRITE_WORKQUEUE, &dc->flags);
 
 	switch (type) {
 	case STATUSTYPE_INFO:
@@ -56,6 +63,8 @@ void dc_status(struct dm_target *ti, status_type_t type,
 		       st.write_sectors);
 		DMEMIT(" zero_sectors:%llu errors:%llu", st.zero_sectors,
 		       st.errors);
+		DMEMIT(" async:%llu backlogged:%llu deferred:%llu", st.async,
+		       st.backlogged, st.deferred);
 		break;
 
 	case STATUSTYPE_TABLE:
@@ -64,7 +73,7 @@ void dc_status(struct dm_target *ti, status_type_t type,
 		       (unsigned long long)dc->iv_offset, dc->dev->name,
 		       (unsigned long long)dc->start);
 		nr_features = (dc->sector_size != SECTOR_SIZE) + large +
-			      discards + zeros;
+			      discards + zeros + rwq + wwq;
 		if (!nr_features)
 			break;
 		DMEMIT(" %u", nr_features);
@@ -76,6 +85,10 @@ void dc_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" allow_discards");
 		if (zeros)
 			DMEMIT(" zero_unwritten");
+		if (rwq)
+			DMEMIT(" read_workqueue");
+		if (wwq)
+			DMEMIT(" write_workqueue");
 		break;
 
 	case STATUSTYPE_IMA:

@@ -45,6 +45,8 @@ static int dc_parse_sector_size(struct dm_target *ti, struct dc_config *dc,
  *   iv_large_sectors                   IV counts sector_size units
  *   allow_discards                     pass discards to the device
  *   zero_unwritten                     all-zero ciphertext reads as zeros
+ *   read_workqueue                     decrypt in the workqueue, not inline
+ *   write_workqueue                    encrypt in the workqueue, not inline
  */
 int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		      unsigned int argc, char **argv)
@@ -60,7 +62,8 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		ti->error = "Invalid number of feature arguments";
 		return -EINVAL;
 	}
-	if (count > DC_MAX_FEATURES) {
+	/* Each flag feature, plus sector_size, at most once. */
+	if (count > DC_NR_FEATURES + 1) {
 		ti->error = "Too many feature arguments";
 		return -EINVAL;
 	}
@@ -77,7 +80,7 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		const char *opt = argv[i];
 
 		if (!strncmp(opt, sector_size_opt, sizeof(sector_size_opt) - 1)) {
-			bit = DC_MAX_FEATURES;	/* not a flag of its own */
+			bit = DC_NR_FEATURES;	/* not a flag of its own */
 			r = dc_parse_sector_size(ti, dc,
 						 opt + sizeof(sector_size_opt) - 1);
 			if (r)
@@ -88,6 +91,10 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 			bit = DC_ALLOW_DISCARDS;
 		} else if (!strcmp(opt, "zero_unwritten")) {
 			bit = DC_ZERO_UNWRITTEN;
+		} else if (!strcmp(opt, "read_workqueue")) {
+			bit = DC_READ_WORKQUEUE;
+		} else if (!strcmp(opt, "write_workqueue")) {
+			bit = DC_WRITE_WORKQUEUE;
 		} else {
 			ti->error = "Unknown feature argument";
 			return -EINVAL;
@@ -96,7 +103,7 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 			ti->error = "Duplicate feature argument";
 			return -EINVAL;
 		}
-		if (bit < DC_MAX_FEATURES)
+		if (bit < DC_NR_FEATURES)
 			set_bit(bit, &dc->flags);
 	}
 	return 0;

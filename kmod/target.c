@@ -59,7 +59,8 @@ static int dc_parse_sector_arg(struct dm_target *ti, const char *arg,
  * <dev_offset> first sector of the encrypted data on <dev_path> (512-byte
  *              units); a multiple of sector_size / 512
  * <opt>        sector_size:<512|1024|2048|4096>, iv_large_sectors,
- *              allow_discards, zero_unwritten (each at most once)
+ *              allow_discards, zero_unwritten, read_workqueue,
+ *              write_workqueue (each at most once)
  *
  * The target's length must be a multiple of sector_size and fit on the
  * device after <dev_offset>.
@@ -203,8 +204,9 @@ static int dc_iterate_devices(struct dm_target *ti,
 
 static struct target_type dc_target = {
 	.name			= "diskcrypt",
-	.version		= {1, 0, 0},
+	.version		= {1, 1, 0},
 	.module			= THIS_MODULE,
+	.features		= DM_TARGET_NOWAIT,
 	.ctr			= dc_ctr,
 	.dtr			= dc_dtr,
 	.map			= dc_map,
@@ -219,16 +221,21 @@ static struct target_type dc_target = {
 
 static int __init dc_init(void)
 {
-	int r = dm_register_target(&dc_target);
+	int r;
 
-	if (r < 0)
+	dc_io_module_init();
+	r = dm_register_target(&dc_target);
+	if (r < 0) {
 		DMERR("register failed %d", r);
+		dc_io_module_exit();
+	}
 	return r;
 }
 
 static void __exit dc_exit(void)
 {
 	dm_unregister_target(&dc_target);
+	dc_io_module_exit();
 }
 
 module_init(dc_init);

@@ -1,8 +1,9 @@
 # shellcheck shell=sh
 # Guest-side helpers shared by the kernel suite (sourced after the harness's
-# lib.sh). Disk layout: /dev/vda and /dev/vdb, 128 MiB each, regions in MiB:
+# lib.sh). Disk layout: /dev/vda and /dev/vdb, 320 MiB each, regions in MiB:
 #   0-31 kat, 32-47 interop, 48-51 messages, 52-59 zero_unwritten,
-#   60-63 reload, 64-127 free for later suites.
+#   60-63 reload, 64-127 datapath, 128-195 async, 196-219 options,
+#   220-235 errors, 236-255 flush, 256-287 pressure.
 
 # shellcheck source=../vm/guest/lib.sh
 . "${DCTEST_LIB:-/lib/dctest/lib.sh}"
@@ -74,4 +75,44 @@ is_zero_file() {
 # kernel_says TEXT: the kernel log since the last `dmesg -c` holds TEXT.
 kernel_says() {
 	dmesg | grep -qF -- "$1"
+}
+
+# dev_name MAPPING: the dm-N name of a mapping, for /sys/block.
+dev_name() {
+	dmsetup info -c --noheadings -o blkdevname "$1"
+}
+
+# fio_verify DEV BSSPLIT DIRECT SEED [FIO-OPTION...]: two jobs writing random
+# blocks of the given sizes into their own 12 MiB halves, then reading them
+# back and checking every block (crc32c). With --verify_only, only the check.
+fio_verify() {
+	_dev=$1 _bs=$2 _direct=$3 _seed=$4
+	shift 4
+	_engine=libaio
+	[ "$_direct" = 0 ] && _engine=psync
+	fio --name=verify --filename="$_dev" --ioengine=$_engine --iodepth=16 \
+		--direct="$_direct" --rw=randwrite --bssplit="$_bs" --size=12M \
+		--offset_increment=12M --numjobs=2 --verify=crc32c --verify_fatal=1 \
+		--do_verify=1 --randseed="$_seed" --end_fsync=1 --group_reporting \
+		--output=/tmp/fio.out "$@" || { cat /tmp/fio.out; return 1; }
+}
+
+# bssplit SECTOR_SIZE: block sizes from one sector to 4 MiB, mostly small.
+bssplit() {
+	if [ "$1" = 512 ]; then
+		echo 512/30:4k/30:64k/20:1m/15:4m/5
+	else
+		echo 4k/50:16k/15:128k/20:1m/10:4m/5
+	fi
+}
+
+# status_field MAPPING NAME: one counter of dmsetup status.
+status_field() {
+	dmsetup status "$1" | tr ' ' '\n' | sed -n "s/^$2://p"
+}
+
+# drop_caches: make the next buffered reads come from the device.
+drop_caches() {
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
 }

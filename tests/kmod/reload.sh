@@ -20,4 +20,4 @@ for round in 1 2 3; do
 	expect_fail "reload-rmmod-busy-$round" /sbin/rmmod dm_diskcrypt
 	dm_remove rl0 rl1 rl2 rl3
 done
-check reload-target-listed sh -c "dmsetup targets | grep -q '^diskcrypt *v1.0.0'"
+check reload-target-listed sh -c "dmsetup targets | grep -q '^diskcrypt *v1.1.0'"
