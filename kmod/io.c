@@ -69,6 +69,7 @@ static void dc_complete(struct dc_io *io, blk_status_t status)
 {
 	struct bio *bio = io->base_bio;
 
+	atomic_dec(&io->dc->inflight);
 	/* AGAIN from below is not a device error: the caller retries. */
 	if (unlikely(status) && status != BLK_STS_AGAIN) {
 		this_cpu_inc(io->dc->stats->errors);
@@ -373,6 +374,22 @@ static void dc_start_convert(struct dc_io *io, struct bio *out)
 	init_completion(&io->restart);
 }
 
+/*
+ * Inline crypto gives the lowest latency, but it does all of a submitter's
+ * crypto on the submitter's CPU (and all of a completion queue's on that
+ * queue's CPU). Once more bios are in flight than inline_depth (by default
+ * the number of online CPUs), the device's queue, not the crypto, sets the
+ * latency, and the workqueue spreads the crypto over the idle CPUs.
+ */
+static bool dc_inline(struct dc_config *dc)
+{
+	int depth = dc->inline_depth;
+
+	if (depth < 0)
+		depth = num_online_cpus();
+	return atomic_read(&dc->inflight) <= depth;
+}
+
 /* Writes */
 
 static void dc_write_endio(struct bio *clone)
@@ -406,7 +423,7 @@ static void dc_map_write(struct dc_io *io)
 {
 	struct dc_config *dc = io->dc;
 
-	if (test_bit(DC_WRITE_WORKQUEUE, &dc->flags)) {
+	if (test_bit(DC_WRITE_WORKQUEUE, &dc->flags) || !dc_inline(dc)) {
 		dc_defer(io, dc_write_work);
 		return;
 	}
@@ -450,7 +467,7 @@ static void dc_read_endio(struct bio *clone)
 		return;
 	}
 	dc_start_convert(io, io->base_bio);
-	if (test_bit(DC_READ_WORKQUEUE, &io->dc->flags)) {
+	if (test_bit(DC_READ_WORKQUEUE, &io->dc->flags) || !dc_inline(io->dc)) {
 		dc_defer(io, dc_read_work);
 		return;
 	}
@@ -548,6 +565,7 @@ int dc_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_KILL;
 	}
 
+	atomic_inc(&dc->inflight);
 	io = dm_per_bio_data(bio, dc->per_io_size);
 	io->dc = dc;
 	io->base_bio = bio;

@@ -73,7 +73,8 @@ void dc_status(struct dm_target *ti, status_type_t type,
 		       (unsigned long long)dc->iv_offset, dc->dev->name,
 		       (unsigned long long)dc->start);
 		nr_features = (dc->sector_size != SECTOR_SIZE) + large +
-			      discards + zeros + rwq + wwq;
+			      discards + zeros + rwq + wwq +
+			      (dc->inline_depth >= 0);
 		if (!nr_features)
 			break;
 		DMEMIT(" %u", nr_features);
@@ -89,6 +90,8 @@ void dc_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" read_workqueue");
 		if (wwq)
 			DMEMIT(" write_workqueue");
+		if (dc->inline_depth >= 0)
+			DMEMIT(" inline_depth:%d", dc->inline_depth);
 		break;
 
 	case STATUSTYPE_IMA:

@@ -37,6 +37,19 @@ static int dc_parse_sector_size(struct dm_target *ti, struct dc_config *dc,
 	return 0;
 }
 
+static int dc_parse_inline_depth(struct dm_target *ti, struct dc_config *dc,
+				 const char *val)
+{
+	u64 v;
+
+	if (dc_parse_u64(val, &v) || v > DC_MAX_INLINE_DEPTH) {
+		ti->error = "Invalid inline_depth: use 0 to 65536";
+		return -EINVAL;
+	}
+	dc->inline_depth = v;
+	return 0;
+}
+
 /*
  * Feature arguments, after the five positional ones:
  *   <#opts> <opt>...
@@ -47,11 +60,15 @@ static int dc_parse_sector_size(struct dm_target *ti, struct dc_config *dc,
  *   zero_unwritten                     all-zero ciphertext reads as zeros
  *   read_workqueue                     decrypt in the workqueue, not inline
  *   write_workqueue                    encrypt in the workqueue, not inline
+ *   inline_depth:<n>                   inline crypto only while at most n
+ *                                      bios are in flight (default: the
+ *                                      number of online CPUs)
  */
 int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		      unsigned int argc, char **argv)
 {
 	static const char sector_size_opt[] = "sector_size:";
+	static const char depth_opt[] = "inline_depth:";
 	unsigned long seen = 0;
 	unsigned int i, bit;
 	u64 count;
@@ -62,8 +79,8 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		ti->error = "Invalid number of feature arguments";
 		return -EINVAL;
 	}
-	/* Each flag feature, plus sector_size, at most once. */
-	if (count > DC_NR_FEATURES + 1) {
+	/* Each flag feature, plus sector_size and inline_depth, at most once. */
+	if (count > DC_NR_FEATURES + 2) {
 		ti->error = "Too many feature arguments";
 		return -EINVAL;
 	}
@@ -83,6 +100,12 @@ int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 			bit = DC_NR_FEATURES;	/* not a flag of its own */
 			r = dc_parse_sector_size(ti, dc,
 						 opt + sizeof(sector_size_opt) - 1);
+			if (r)
+				return r;
+		} else if (!strncmp(opt, depth_opt, sizeof(depth_opt) - 1)) {
+			bit = DC_NR_FEATURES + 1;
+			r = dc_parse_inline_depth(ti, dc,
+						  opt + sizeof(depth_opt) - 1);
 			if (r)
 				return r;
 		} else if (!strcmp(opt, "iv_large_sectors")) {

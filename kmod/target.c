@@ -60,7 +60,7 @@ static int dc_parse_sector_arg(struct dm_target *ti, const char *arg,
  *              units); a multiple of sector_size / 512
  * <opt>        sector_size:<512|1024|2048|4096>, iv_large_sectors,
  *              allow_discards, zero_unwritten, read_workqueue,
- *              write_workqueue (each at most once)
+ *              write_workqueue, inline_depth:<n> (each at most once)
  *
  * The target's length must be a multiple of sector_size and fit on the
  * device after <dev_offset>.
@@ -84,6 +84,8 @@ static int dc_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	ti->private = dc;
 	dc->sector_size = SECTOR_SIZE;
+	dc->inline_depth = -1;
+	atomic_set(&dc->inflight, 0);
 	mutex_init(&dc->alloc_lock);
 
 	if (argc > 5) {

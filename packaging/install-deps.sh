@@ -27,7 +27,9 @@ PACKAGES=(
 	perl python3
 	# agent and CLI libraries
 	libcryptsetup-dev libdevmapper-dev libkeyutils-dev libsystemd-dev libssl-dev
-	libcli11-dev nlohmann-json3-dev
+	libcli11-dev nlohmann-json3-dev libblkid-dev libtomlplusplus-dev
+	# host tests of format: filesystems to refuse, loop devices, other users, blkid
+	e2fsprogs mount util-linux
 	# unit tests (Debian 12 ships Catch2 v2, header-only)
 	catch2
 	# PKCS#11 KMS backend and its test HSM

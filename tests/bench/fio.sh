@@ -1,7 +1,8 @@
 #!/bin/sh
 # The guest half of `make bench`: fio on the same backing device (/dev/vda)
 # raw, through dm-crypt (defaults), dm-crypt with no_read_workqueue and
-# no_write_workqueue, and diskcrypt. Rounds are interleaved (every config runs
+# no_write_workqueue, diskcrypt (defaults) and diskcrypt with all crypto
+# inline whatever the queue depth (inline_depth:65536). Rounds are interleaved (every config runs
 # once per round) so that drift in the emulator hits all configs alike.
 # Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS>" lines.
 . /tests/kmod/common.sh
@@ -23,6 +24,7 @@ done
 dm_create crypt-default "0 $LEN crypt aes-xts-plain64 $KEYREF 0 /dev/vda 0"
 dm_create crypt-noqueue "0 $LEN crypt aes-xts-plain64 $KEYREF 0 /dev/vda 0 2 no_read_workqueue no_write_workqueue"
 dm_create diskcrypt "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda 0"
+dm_create dc-inline "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda 0 1 inline_depth:65536"
 
 dev_of() {
 	case $1 in
@@ -43,7 +45,7 @@ while [ "$round" -le "$ROUNDS" ]; do
 		name=${w%%:*} rest=${w#*:}
 		rw=${rest%%:*} rest=${rest#*:}
 		bs=${rest%%:*} qd=${rest#*:}
-		for cfg in raw crypt-default crypt-noqueue diskcrypt; do
+		for cfg in raw crypt-default crypt-noqueue diskcrypt dc-inline; do
 			out=$(fio --name=b --filename="$(dev_of "$cfg")" --rw="$rw" --bs="$bs" \
 				--iodepth="$qd" --ioengine=libaio --direct=1 --size=$SIZE \
 				--runtime="$RUNTIME" --time_based --randrepeat=0 --norandommap \
@@ -60,5 +62,5 @@ while [ "$round" -le "$ROUNDS" ]; do
 	done
 	round=$((round + 1))
 done
-dm_remove crypt-default crypt-noqueue diskcrypt
+dm_remove crypt-default crypt-noqueue diskcrypt dc-inline
 pass bench-complete

@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-CONFIGS = ["raw", "crypt-default", "crypt-noqueue", "diskcrypt"]
+CONFIGS = ["raw", "crypt-default", "crypt-noqueue", "diskcrypt", "dc-inline"]
 
 
 def main(path):
@@ -46,7 +46,7 @@ def main(path):
             spread = (max(v[1] for v in vals) - min(v[1] for v in vals)) / iops if iops else 0
             med[cfg] = iops
             ratios = ""
-            if cfg == "diskcrypt":
+            if cfg in ("diskcrypt", "dc-inline"):
                 def ratio(base):
                     return f"{iops / med[base]:.2f}x" if med.get(base) else "-"
                 ratios = f"{ratio('crypt-default'):>10}{ratio('crypt-noqueue'):>8}{ratio('raw'):>8}"

@@ -58,6 +58,11 @@ check options-workqueue-table sh -c "dmsetup table wq | grep -q ' 2 read_workque
 check options-workqueue-fio fio_verify /dev/mapper/wq "$(bssplit 512)" 1 31
 check options-workqueue-deferred test "$(status_field wq deferred)" -gt 0
 dm_remove wq
-dm_create wq "0 $((24 * MiB)) diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda $off"
+dm_create wq "0 $((24 * MiB)) diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda $off 1 inline_depth:0"
+check options-inline-depth-table sh -c "dmsetup table wq | grep -q ' 1 inline_depth:0$'"
+check options-depth0-reads-same-data fio_verify /dev/mapper/wq "$(bssplit 512)" 1 31 --verify_only
+check options-depth0-deferred test "$(status_field wq deferred)" -gt 0
+dm_remove wq
+dm_create wq "0 $((24 * MiB)) diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda $off 1 inline_depth:65536"
 check options-inline-reads-same-data fio_verify /dev/mapper/wq "$(bssplit 512)" 1 31 --verify_only
 dm_remove wq

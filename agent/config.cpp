@@ -1,0 +1,280 @@
+#include "agent/config.hpp"
+
+#include <grp.h>
+
+#include <array>
+#include <climits>
+#include <fstream>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+namespace diskcrypt {
+
+namespace {
+
+std::string type_name(const toml::node& node)
+{
+    switch (node.type()) {
+        case toml::node_type::string:
+            return "a string";
+        case toml::node_type::integer:
+            return "an integer";
+        case toml::node_type::floating_point:
+            return "a number";
+        case toml::node_type::boolean:
+            return "a boolean";
+        case toml::node_type::table:
+            return "a table";
+        case toml::node_type::array:
+            return "an array";
+        default:
+            return "a date or time";
+    }
+}
+
+// "FILE:LINE: text" for a node without a ConfigSection.
+Error located(const std::string& source, const toml::node& node, const std::string& text)
+{
+    std::string msg = source;
+    msg += ":";
+    msg += std::to_string(node.source().begin.line);
+    msg += ": ";
+    msg += text;
+    return {Errc::config, msg};
+}
+
+std::string unknown_section(const std::string& name)
+{
+    return "unknown section '" + name + "' (known: [agent], [providers.NAME])";
+}
+
+std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
+
+std::optional<gid_t> lookup_group(const std::string& name)
+{
+    group grp{};
+    group* result = nullptr;
+    std::vector<char> buf(16384);
+    if (getgrnam_r(name.c_str(), &grp, buf.data(), buf.size(), &result) != 0 || result == nullptr) {
+        return std::nullopt;
+    }
+    return result->gr_gid;
+}
+
+void parse_agent_section(ConfigSection& s, AgentConfig& cfg)
+{
+    if (auto socket = s.optional_path("socket")) {
+        if (socket->size() > 103) {
+            throw s.error_at("socket",
+                             "socket path is longer than 103 bytes (a Unix socket address holds 107, and "
+                             "the agent binds PATH.new first)");
+        }
+        cfg.socket_path = *socket;
+    }
+    if (auto group = s.optional_string("status_group")) {
+        const auto gid = lookup_group(*group);
+        if (!gid) {
+            throw s.error_at("status_group", "group '" + *group + "' does not exist");
+        }
+        cfg.status_group = *group;
+        cfg.status_gid = *gid;
+    }
+    if (auto key = s.optional_string("default_key")) {
+        try {
+            cfg.default_key = parse_key_spec(*key);
+        } catch (const Error& e) {
+            throw s.error_at("default_key", e.what());
+        }
+    }
+    if (auto level = s.optional_string("log_level")) {
+        if (!parse_log_level(*level, cfg.log_level)) {
+            throw s.error_at("log_level",
+                             "log_level must be one of error, warning, info, debug (not '" + *level + "')");
+        }
+    }
+    s.finish();
+}
+
+}  // namespace
+
+ConfigSection::ConfigSection(const toml::table& table, std::string source, std::string name)
+    : table_(table), source_(std::move(source)), name_(std::move(name))
+{
+}
+
+const toml::node* ConfigSection::get(std::string_view key)
+{
+    used_.emplace(key);
+    return table_.get(key);
+}
+
+std::string ConfigSection::location(const toml::source_region& where) const
+{
+    return source_ + ":" + std::to_string(where.begin.line);
+}
+
+Error ConfigSection::error_at(std::string_view key, const std::string& reason) const
+{
+    const toml::node* node = table_.get(key);
+    const auto& where = node != nullptr ? node->source() : table_.source();
+    return {Errc::config, location(where) + ": [" + name_ + "] " + std::string(key) + ": " + reason};
+}
+
+Error ConfigSection::error(const std::string& reason) const
+{
+    return {Errc::config, location(table_.source()) + ": [" + name_ + "]: " + reason};
+}
+
+std::optional<std::string> ConfigSection::optional_string(std::string_view key)
+{
+    const toml::node* node = get(key);
+    if (node == nullptr) {
+        return std::nullopt;
+    }
+    const auto* value = node->as_string();
+    if (value == nullptr) {
+        throw error_at(key, "expected a string, found " + type_name(*node));
+    }
+    const std::string& text = value->get();
+    if (text.empty()) {
+        throw error_at(key, "must not be empty");
+    }
+    if (text.find('\0') != std::string::npos) {
+        throw error_at(key, "must not contain NUL bytes");
+    }
+    return text;
+}
+
+std::string ConfigSection::required_string(std::string_view key)
+{
+    auto value = optional_string(key);
+    if (!value) {
+        throw error("missing required key '" + std::string(key) + "'");
+    }
+    return *value;
+}
+
+std::optional<bool> ConfigSection::optional_bool(std::string_view key)
+{
+    const toml::node* node = get(key);
+    if (node == nullptr) {
+        return std::nullopt;
+    }
+    const auto* value = node->as_boolean();
+    if (value == nullptr) {
+        throw error_at(key, "expected a boolean (true or false), found " + type_name(*node));
+    }
+    return value->get();
+}
+
+std::optional<std::string> ConfigSection::optional_path(std::string_view key)
+{
+    auto value = optional_string(key);
+    if (value && (value->front() != '/' || value->size() >= PATH_MAX)) {
+        throw error_at(key, "must be an absolute path (starting with '/')");
+    }
+    return value;
+}
+
+std::string ConfigSection::required_path(std::string_view key)
+{
+    auto value = optional_path(key);
+    if (!value) {
+        throw error("missing required key '" + std::string(key) + "'");
+    }
+    return *value;
+}
+
+void ConfigSection::finish() const
+{
+    for (const auto& [key, node] : table_) {
+        if (!used_.contains(key.str())) {
+            throw Error(Errc::config,
+                        location(node.source()) + ": [" + name_ + "]: unknown key '" + std::string(key.str()) + "'");
+        }
+    }
+}
+
+kms::Provider* AgentConfig::provider(std::string_view name) const
+{
+    const auto it = providers.find(name);
+    return it == providers.end() ? nullptr : it->second.get();
+}
+
+AgentConfig parse_config(std::string_view text, const std::string& source)
+{
+    toml::table root;
+    try {
+        root = toml::parse(text, source);
+    } catch (const toml::parse_error& e) {
+        throw Error(Errc::config,
+                    source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
+    }
+
+    AgentConfig cfg;
+    cfg.source = source;
+    for (const auto& [key, node] : root) {
+        const std::string k(key.str());
+        if (k != "agent" && k != "providers") {
+            throw located(source, node, unknown_section(k));
+        }
+        if (!node.is_table()) {
+            throw located(source, node, must_be_table(k));
+        }
+    }
+
+    if (const auto* agent = root.get_as<toml::table>("agent")) {
+        ConfigSection s(*agent, source, "agent");
+        parse_agent_section(s, cfg);
+    }
+
+    if (const auto* providers = root.get_as<toml::table>("providers")) {
+        for (const auto& [key, node] : *providers) {
+            const std::string name(key.str());
+            const std::string section = "providers." + name;
+            const auto* table = node.as_table();
+            if (table == nullptr) {
+                throw located(source, node, must_be_table(section));
+            }
+            ConfigSection s(*table, source, section);
+            try {
+                validate_provider_name(name);
+            } catch (const Error& e) {
+                throw s.error(e.what());
+            }
+            const std::string type = s.required_string("type");
+            cfg.providers.emplace(name, kms::create_provider(type, name, s));
+            s.finish();
+        }
+    }
+    if (cfg.providers.empty()) {
+        throw Error(Errc::config, source + ":1: no KMS provider is configured: add a [providers.NAME] section");
+    }
+    if (cfg.default_key && cfg.provider(cfg.default_key->provider) == nullptr) {
+        const auto* agent = root.get_as<toml::table>("agent");
+        ConfigSection s(*agent, source, "agent");
+        throw s.error_at("default_key", "names provider '" + cfg.default_key->provider +
+                                            "', which is not configured (add [providers." + cfg.default_key->provider +
+                                            "])");
+    }
+    return cfg;
+}
+
+AgentConfig load_config(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw Error(Errc::config, "cannot read configuration file " + path,
+                    "create it (see agent/agent.toml.example) or pass --config PATH");
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    constexpr std::size_t kMaxConfig = 1U << 20U;
+    if (text.str().size() > kMaxConfig) {
+        throw Error(Errc::config, path + ": configuration file is larger than 1 MiB");
+    }
+    return parse_config(text.str(), path);
+}
+
+}  // namespace diskcrypt

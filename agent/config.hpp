@@ -1,0 +1,79 @@
+// The agent's configuration file (TOML; documented with an example in
+// agent/README.md and agent/agent.toml.example).
+//
+// Loading validates everything that can be checked without contacting a KMS:
+// an invalid file is refused at start with "FILE:LINE: reason" (Error(config)).
+#pragma once
+
+#include <sys/types.h>
+
+#include <toml++/toml.h>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "agent/error.hpp"
+#include "agent/kms/provider.hpp"
+#include "agent/log.hpp"
+#include "agent/names.hpp"
+
+namespace diskcrypt {
+
+inline constexpr std::string_view kDefaultConfigPath = "/etc/diskcrypt/agent.toml";
+inline constexpr std::string_view kDefaultSocketPath = "/run/diskcrypt/agent.sock";
+
+// One TOML table being read. Every getter records the key as used; finish()
+// refuses the keys nobody asked for. Errors name the file and line.
+class ConfigSection {
+public:
+    ConfigSection(const toml::table& table, std::string source, std::string name);
+
+    // The section's name as written, e.g. "providers.hsm".
+    [[nodiscard]] const std::string& name() const { return name_; }
+
+    [[nodiscard]] std::optional<std::string> optional_string(std::string_view key);
+    [[nodiscard]] std::string required_string(std::string_view key);
+    [[nodiscard]] std::optional<bool> optional_bool(std::string_view key);
+    // An absolute path (starts with '/', no NUL, at most PATH_MAX).
+    [[nodiscard]] std::optional<std::string> optional_path(std::string_view key);
+    [[nodiscard]] std::string required_path(std::string_view key);
+
+    // An Error(config) located at the key's line (or the section's if absent).
+    [[nodiscard]] Error error_at(std::string_view key, const std::string& reason) const;
+    [[nodiscard]] Error error(const std::string& reason) const;
+
+    // Refuses keys that were never read.
+    void finish() const;
+
+private:
+    [[nodiscard]] const toml::node* get(std::string_view key);
+    [[nodiscard]] std::string location(const toml::source_region& where) const;
+
+    const toml::table& table_;
+    std::string source_;
+    std::string name_;
+    std::set<std::string, std::less<>> used_;
+};
+
+struct AgentConfig {
+    std::string source;  // the file it came from
+    std::string socket_path = std::string(kDefaultSocketPath);
+    std::optional<std::string> status_group;
+    gid_t status_gid = 0;
+    std::optional<KeyRef> default_key;  // version empty
+    LogLevel log_level = LogLevel::info;
+    std::map<std::string, std::unique_ptr<kms::Provider>, std::less<>> providers;
+
+    // The configured provider, or nullptr.
+    [[nodiscard]] kms::Provider* provider(std::string_view name) const;
+};
+
+// Parses configuration text; `source` names it in errors.
+AgentConfig parse_config(std::string_view text, const std::string& source);
+// Reads and parses a file.
+AgentConfig load_config(const std::string& path);
+
+}  // namespace diskcrypt

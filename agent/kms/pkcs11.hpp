@@ -1,0 +1,62 @@
+// The PKCS#11 KMS provider (any HSM with a PKCS#11 module; SoftHSM2 in tests).
+//
+// Configuration ([providers.NAME] with type = "pkcs11"):
+//   module       absolute path of the PKCS#11 module (dlopen'ed)       required
+//   token_label  CKA_LABEL of the token (CK_TOKEN_INFO.label)          required
+//   pin_file     root-only file holding the user PIN                    one of these
+//   pin_credential  systemd credential name holding the user PIN        two
+//   iv_source    "host" (default): the agent draws a fresh 12-byte IV;
+//                "hsm": the HSM generates it and returns it in CK_GCM_PARAMS.pIv
+//                (FIPS-mode HSMs that refuse caller IVs); an IV left all-zero is refused
+//   allow_extractable_keys  false (default): refuse to wrap under a key whose
+//                value can leave the HSM (CKA_EXTRACTABLE true or CKA_SENSITIVE false)
+//
+// Keys are found by CKA_ID = the bytes of the key id (exactly one secret key
+// must match), must be AES-256 with CKA_ENCRYPT and CKA_DECRYPT, and are used
+// with CKM_AES_GCM (12-byte IV, 128-bit tag, the binding AD) via
+// C_Encrypt/C_Decrypt. PKCS#11 has no key versions: every key reports "1".
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <string>
+#include <string_view>
+
+#include "agent/error.hpp"
+
+namespace diskcrypt::kms::pkcs11 {
+
+inline constexpr std::string_view kType = "pkcs11";
+inline constexpr std::string_view kKeyVersion = "1";
+
+// The PKCS#11 calls whose failures are mapped.
+enum class Call {
+    load,
+    initialize,
+    slots,
+    token_info,
+    open_session,
+    login,
+    find_key,
+    attributes,
+    encrypt,
+    decrypt,
+};
+
+// What a failure concerns, for the message.
+struct Context {
+    std::string provider;
+    std::string module;
+    std::string token;
+    std::string key_id;
+};
+
+// "CKR_PIN_INCORRECT", or "CKR_0x..." for codes without a name here.
+std::string ckr_name(CK_RV rv);
+
+// The one place a CK_RV becomes an Error: the class depends on the code and,
+// for the ambiguous CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED, on the call
+// (in C_Decrypt they mean a failed GCM tag: Errc::binding).
+Error map_ck_rv(CK_RV rv, Call call, const Context& ctx);
+
+}  // namespace diskcrypt::kms::pkcs11

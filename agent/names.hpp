@@ -1,0 +1,54 @@
+// Names a caller passes in: disk ids, disk types, service accounts, key
+// references. Shared by the CLI (early, friendly checks) and the agent (the
+// checks that count). Every failure is Error(usage) naming the value and rule.
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace diskcrypt {
+
+// Disk ids: [A-Za-z0-9._-]{1,100} (the control plane's id; also the mapping
+// name diskcrypt-<id> later). Lineage ids follow the same rule.
+void validate_disk_id(std::string_view id, std::string_view what = "disk id");
+
+// Service accounts: [A-Za-z0-9._@-]{1,128}.
+void validate_service_account(std::string_view sa);
+
+struct DiskType {
+    std::string_view name;
+    unsigned sector_size;  // default LUKS2 encryption sector size for the type
+    bool encryptable;
+    std::string_view profile;
+};
+
+// The known disk types, encryptable and local ones.
+std::span<const DiskType> disk_types();
+
+// Returns the profile of an encryptable type; refuses local and unknown types.
+const DiskType& encryptable_disk_type(std::string_view name);
+
+// Sector sizes LUKS2 allows: 512, 1024, 2048, 4096.
+void validate_sector_size(unsigned sector_size);
+
+// A KMS key as named on disk and on the command line.
+struct KeyRef {
+    std::string provider;  // a provider name from the agent's configuration
+    std::string key_id;    // the provider's id for the key (PKCS#11: CKA_ID bytes)
+    std::string version;   // the key version the provider reported at wrap time
+
+    [[nodiscard]] std::string spec() const { return provider + ":" + key_id; }
+};
+
+// Provider names: [a-z0-9][a-z0-9_-]{0,31}.
+void validate_provider_name(std::string_view name);
+// Key ids: [A-Za-z0-9._:/-]{1,128}.
+void validate_key_id(std::string_view id);
+// Key versions: [A-Za-z0-9._-]{1,64}.
+void validate_key_version(std::string_view version);
+
+// Parses "PROVIDER:KEY_ID" (the version is left empty: the provider knows it).
+KeyRef parse_key_spec(std::string_view spec);
+
+}  // namespace diskcrypt

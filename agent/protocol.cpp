@@ -1,0 +1,291 @@
+#include "agent/protocol.hpp"
+
+#include <array>
+#include <set>
+#include <vector>
+
+namespace diskcrypt::proto {
+
+namespace {
+
+using nlohmann::json;
+
+enum class ArgType { string, boolean, uint };
+
+struct ArgSpec {
+    std::string_view name;
+    ArgType type;
+    bool required;
+};
+
+struct OpSpec {
+    std::string_view op;
+    std::vector<ArgSpec> args;
+};
+
+const std::vector<OpSpec>& ops()
+{
+    static const std::vector<OpSpec> kOps{
+        {"status", {}},
+        {"format",
+         {{"device", ArgType::string, true},
+          {"disk_id", ArgType::string, true},
+          {"type", ArgType::string, true},
+          {"key", ArgType::string, false},
+          {"service_account", ArgType::string, false},
+          {"lineage", ArgType::string, false},
+          {"sector_size", ArgType::uint, false},
+          {"force", ArgType::boolean, false}}},
+        {"verify", {{"device", ArgType::string, true}, {"disk_id", ArgType::string, true}}},
+    };
+    return kOps;
+}
+
+[[noreturn]] void fail(const std::string& what) { throw Error(Errc::protocol, what); }
+
+std::string_view type_word(ArgType t)
+{
+    switch (t) {
+        case ArgType::string:
+            return "a string";
+        case ArgType::boolean:
+            return "a boolean";
+        case ArgType::uint:
+            return "a non-negative integer";
+    }
+    return "?";
+}
+
+bool has_type(const json& v, ArgType t)
+{
+    switch (t) {
+        case ArgType::string:
+            return v.is_string();
+        case ArgType::boolean:
+            return v.is_boolean();
+        case ArgType::uint:
+            return v.is_number_unsigned() || (v.is_number_integer() && v.get<long long>() >= 0);
+    }
+    return false;
+}
+
+// JSON parse refusing duplicate object keys.
+json parse_object(std::string_view text, std::string_view what)
+{
+    if (text.size() > kMaxMessage) {
+        fail(std::string(what) + " is larger than " + std::to_string(kMaxMessage) + " bytes");
+    }
+    std::vector<std::set<std::string>> stack;
+    std::string duplicate;
+    const json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
+        if (event == json::parse_event_t::object_start) {
+            stack.emplace_back();
+        } else if (event == json::parse_event_t::object_end && !stack.empty()) {
+            stack.pop_back();
+        } else if (event == json::parse_event_t::key && !stack.empty() &&
+                   !stack.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
+            duplicate = parsed.get<std::string>();
+        }
+        return true;
+    };
+    json j;
+    try {
+        j = json::parse(text.begin(), text.end(), cb);
+    } catch (const json::parse_error& e) {
+        fail(std::string(what) + " is not valid JSON: " + e.what());
+    }
+    if (!duplicate.empty()) {
+        fail(std::string(what) + " has the field '" + duplicate + "' twice");
+    }
+    if (!j.is_object()) {
+        fail(std::string(what) + " must be a JSON object");
+    }
+    return j;
+}
+
+void check_version(const json& j, std::string_view what)
+{
+    const auto it = j.find("protocol");
+    if (it == j.end()) {
+        fail(std::string(what) + " has no 'protocol' field");
+    }
+    if (!it->is_number_integer()) {
+        fail(std::string(what) + ": 'protocol' must be an integer");
+    }
+    if (it->get<long long>() != kVersion) {
+        throw Error(Errc::protocol,
+                    "protocol version " + it->dump() + " is not supported (this side speaks version " +
+                        std::to_string(kVersion) + ")",
+                    "use a diskcrypt CLI and agent from the same release");
+    }
+}
+
+template <typename T>
+std::optional<T> opt(const json& args, const char* key)
+{
+    const auto it = args.find(key);
+    if (it == args.end()) {
+        return std::nullopt;
+    }
+    return it->get<T>();
+}
+
+}  // namespace
+
+Request parse_request(std::string_view text)
+{
+    const json j = parse_object(text, "request");
+    check_version(j, "request");
+    for (const auto& [key, value] : j.items()) {
+        if (key != "protocol" && key != "op" && key != "args") {
+            fail("request has an unknown field '" + key + "'");
+        }
+    }
+    const auto op_it = j.find("op");
+    if (op_it == j.end()) {
+        fail("request has no 'op' field");
+    }
+    if (!op_it->is_string()) {
+        fail("request: 'op' must be a string");
+    }
+    Request r;
+    r.op = op_it->get<std::string>();
+    const OpSpec* spec = nullptr;
+    std::string known;
+    for (const auto& o : ops()) {
+        known += (known.empty() ? "" : ", ") + std::string(o.op);
+        if (o.op == r.op) {
+            spec = &o;
+        }
+    }
+    if (spec == nullptr) {
+        fail("unknown op '" + r.op + "' (known: " + known + ")");
+    }
+    if (const auto a = j.find("args"); a != j.end()) {
+        if (!a->is_object()) {
+            fail("op " + r.op + ": 'args' must be an object");
+        }
+        r.args = *a;
+    }
+    for (const auto& [key, value] : r.args.items()) {
+        const ArgSpec* arg = nullptr;
+        for (const auto& s : spec->args) {
+            if (s.name == key) {
+                arg = &s;
+            }
+        }
+        if (arg == nullptr) {
+            fail("op " + r.op + ": unknown argument '" + key + "'");
+        }
+        if (!has_type(value, arg->type)) {
+            fail("op " + r.op + ": argument '" + key + "' must be " + std::string(type_word(arg->type)));
+        }
+    }
+    for (const auto& s : spec->args) {
+        if (s.required && !r.args.contains(s.name)) {
+            fail("op " + r.op + ": missing argument '" + std::string(s.name) + "'");
+        }
+    }
+    return r;
+}
+
+std::string encode_request(const std::string& op, const json& args)
+{
+    return json{{"protocol", kVersion}, {"op", op}, {"args", args}}.dump();
+}
+
+std::string encode_result(const json& result)
+{
+    return json{{"protocol", kVersion}, {"ok", true}, {"result", result}}.dump();
+}
+
+std::string encode_error(const Error& error)
+{
+    json e = {{"code", errc_name(error.code())}, {"exit", exit_status(error.code())}, {"message", error.what()}};
+    if (!error.hint().empty()) {
+        e["hint"] = error.hint();
+    }
+    return json{{"protocol", kVersion}, {"ok", false}, {"error", e}}.dump();
+}
+
+Response parse_response(std::string_view text)
+{
+    const json j = parse_object(text, "response");
+    check_version(j, "response");
+    const auto ok = j.find("ok");
+    if (ok == j.end() || !ok->is_boolean()) {
+        fail("response has no boolean 'ok' field");
+    }
+    Response r;
+    r.ok = ok->get<bool>();
+    if (r.ok) {
+        const auto res = j.find("result");
+        if (res == j.end() || !res->is_object()) {
+            fail("response has no 'result' object");
+        }
+        r.result = *res;
+        return r;
+    }
+    const auto err = j.find("error");
+    if (err == j.end() || !err->is_object()) {
+        fail("response has no 'error' object");
+    }
+    const auto code = err->find("code");
+    const auto message = err->find("message");
+    if (code == err->end() || !code->is_string() || message == err->end() || !message->is_string()) {
+        fail("response error has no 'code' and 'message' strings");
+    }
+    // A code this side does not know still fails, as an internal error.
+    r.code = errc_from_name(code->get<std::string>()).value_or(Errc::internal);
+    r.message = message->get<std::string>();
+    if (const auto hint = err->find("hint"); hint != err->end() && hint->is_string()) {
+        r.hint = hint->get<std::string>();
+    }
+    return r;
+}
+
+FormatArgs format_args(const json& args)
+{
+    FormatArgs a;
+    a.device = args.at("device").get<std::string>();
+    a.disk_id = args.at("disk_id").get<std::string>();
+    a.type = args.at("type").get<std::string>();
+    a.key = opt<std::string>(args, "key");
+    a.service_account = opt<std::string>(args, "service_account");
+    a.lineage = opt<std::string>(args, "lineage");
+    if (const auto ss = opt<unsigned long long>(args, "sector_size")) {
+        if (*ss > 65536) {
+            throw Error(Errc::usage, "invalid sector size " + std::to_string(*ss) + ": use 512, 1024, 2048 or 4096");
+        }
+        a.sector_size = static_cast<unsigned>(*ss);
+    }
+    a.force = opt<bool>(args, "force").value_or(false);
+    return a;
+}
+
+json to_json(const FormatArgs& a)
+{
+    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"type", a.type}, {"force", a.force}};
+    if (a.key) {
+        j["key"] = *a.key;
+    }
+    if (a.service_account) {
+        j["service_account"] = *a.service_account;
+    }
+    if (a.lineage) {
+        j["lineage"] = *a.lineage;
+    }
+    if (a.sector_size) {
+        j["sector_size"] = *a.sector_size;
+    }
+    return j;
+}
+
+VerifyArgs verify_args(const json& args)
+{
+    return VerifyArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>()};
+}
+
+json to_json(const VerifyArgs& a) { return json{{"device", a.device}, {"disk_id", a.disk_id}}; }
+
+}  // namespace diskcrypt::proto

@@ -1,0 +1,75 @@
+// The agent's protocol, version 1 (agent/README.md, "Protocol").
+//
+// Transport: a Unix SOCK_SEQPACKET socket; each message is one JSON object in
+// one packet of at most kMaxMessage bytes. A client sends a request and reads
+// one response; it may send further requests on the same connection.
+//
+//   request  {"protocol": 1, "op": "format", "args": {...}}
+//   success  {"protocol": 1, "ok": true, "result": {...}}
+//   failure  {"protocol": 1, "ok": false,
+//             "error": {"code": "kms-key", "exit": 10, "message": "...", "hint": "..."}}
+//
+// Parsing is strict: unknown ops, unknown or duplicate arguments and wrong
+// types are refused with Error(protocol); argument values are checked by the
+// operation itself (Error(usage)).
+#pragma once
+
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "agent/error.hpp"
+
+namespace diskcrypt::proto {
+
+inline constexpr int kVersion = 1;
+inline constexpr std::size_t kMaxMessage = 65536;
+
+struct Request {
+    std::string op;
+    nlohmann::json args = nlohmann::json::object();
+};
+
+// Validates the envelope and the op's argument names and types.
+Request parse_request(std::string_view text);
+std::string encode_request(const std::string& op, const nlohmann::json& args);
+
+// NOLINTNEXTLINE(bugprone-exception-escape): nlohmann::json's noexcept move is analysed as throwing
+struct Response {
+    bool ok = false;
+    nlohmann::json result;  // when ok
+    Errc code = Errc::internal;
+    std::string message;
+    std::string hint;
+};
+
+std::string encode_result(const nlohmann::json& result);
+std::string encode_error(const Error& error);
+// Validates a response; Error(protocol) if it is malformed.
+Response parse_response(std::string_view text);
+
+// Arguments of "format".
+struct FormatArgs {
+    std::string device;  // absolute path
+    std::string disk_id;
+    std::string type;
+    std::optional<std::string> key;  // PROVIDER:KEY_ID; the configured default_key if absent
+    std::optional<std::string> service_account;
+    std::optional<std::string> lineage;   // defaults to disk_id
+    std::optional<unsigned> sector_size;  // defaults to the type's
+    bool force = false;
+};
+FormatArgs format_args(const nlohmann::json& args);
+nlohmann::json to_json(const FormatArgs& a);
+
+// Arguments of "verify".
+struct VerifyArgs {
+    std::string device;
+    std::string disk_id;
+};
+VerifyArgs verify_args(const nlohmann::json& args);
+nlohmann::json to_json(const VerifyArgs& a);
+
+}  // namespace diskcrypt::proto

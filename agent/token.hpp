@@ -1,0 +1,45 @@
+// The LUKS2 token of type "diskcrypt-kms", schema version 1.
+//
+// It holds the keyslot secret wrapped by a KMS key, the key reference, and
+// metadata (agent/README.md, "Token schema", describes every field and says
+// which are authoritative). decode_token() is strict: every required field,
+// exact types, sizes, canonical base64, known version, no unknown or
+// duplicate fields, at most kMaxTokenBytes of JSON. Failures are
+// Error(header) naming the field.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "agent/kms/provider.hpp"
+#include "agent/names.hpp"
+
+namespace diskcrypt {
+
+inline constexpr std::string_view kTokenType = "diskcrypt-kms";
+inline constexpr int kTokenVersion = 1;
+inline constexpr std::size_t kMaxTokenBytes = 4096;
+inline constexpr std::size_t kSecretBytes = 32;
+
+struct Token {
+    int keyslot = 0;
+    KeyRef key;                  // authoritative (with the caller's disk id, it forms the AD)
+    std::string provider_type;   // authoritative: must match the configured provider's type
+    unsigned ad_version = 1;     // authoritative
+    kms::WrappedSecret wrapped;  // authoritative
+    std::string disk_id;         // checked against the caller's disk id (clear message); never used for the AD
+    std::string disk_type;       // informational
+    std::string lineage_id;      // informational (audit)
+    std::optional<std::string> service_account;  // informational: the creator's, never used for access
+    std::string created;                         // informational, RFC 3339 UTC
+};
+
+std::string encode_token(const Token& token);
+Token decode_token(std::string_view text);
+
+// Current UTC time as "YYYY-MM-DDTHH:MM:SSZ".
+std::string utc_timestamp();
+
+}  // namespace diskcrypt

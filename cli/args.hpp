@@ -1,0 +1,32 @@
+// The diskcrypt CLI's command line (CLI11), parsed into a plain struct.
+// Values are checked here with the same rules the agent applies, so a typo
+// fails fast with exit status 2; the agent checks them again.
+#pragma once
+
+#include <optional>
+#include <ostream>
+#include <string>
+
+#include "agent/protocol.hpp"
+
+namespace diskcrypt::cli {
+
+inline constexpr std::string_view kDefaultSocket = "/run/diskcrypt/agent.sock";
+
+enum class Command { format, verify, status };
+
+struct Arguments {
+    Command command = Command::status;
+    std::string socket = std::string(kDefaultSocket);
+    bool json = false;
+    proto::FormatArgs format;  // for Command::format
+    proto::VerifyArgs verify;  // for Command::verify
+};
+
+// Parses argv (argv[0] is the program name). On --help, a usage error or an
+// invalid value, prints to `out`/`err`, sets `exit_code` (0 for help, 2 for
+// usage) and returns std::nullopt. Relative device paths are made absolute.
+std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std::ostream& out, std::ostream& err,
+                                         int& exit_code);
+
+}  // namespace diskcrypt::cli

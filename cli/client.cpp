@@ -1,0 +1,67 @@
+#include "cli/client.hpp"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+#include "agent/error.hpp"
+#include "agent/raii.hpp"
+
+namespace diskcrypt::cli {
+
+proto::Response call_agent(const std::string& socket_path, const std::string& request)
+{
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (socket_path.empty() || socket_path.size() >= sizeof(addr.sun_path)) {
+        throw Error(Errc::usage, "socket path '" + socket_path + "' is empty or too long");
+    }
+    std::copy(socket_path.begin(), socket_path.end(), &addr.sun_path[0]);
+    const FileDescriptor fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!fd) {
+        throw Error(Errc::internal, errno_text("socket", errno));
+    }
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-reinterpret-cast): the sockets API
+    if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        const int e = errno;
+        if (e == EACCES || e == EPERM) {
+            throw Error(Errc::permission_denied, errno_text("cannot connect to the agent at " + socket_path, e),
+                        "run as root (or, for status, as a member of the agent's status_group)");
+        }
+        throw Error(Errc::agent_unavailable, errno_text("cannot reach diskcrypt-agent at " + socket_path, e),
+                    "start it (systemctl start diskcrypt-agent.socket) or pass --socket PATH");
+    }
+    const timeval tv{kResponseTimeoutSeconds, 0};
+    (void)setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+        throw Error(Errc::agent_unavailable, errno_text("sending the request to " + socket_path, errno));
+    }
+    std::vector<char> buf(proto::kMaxMessage + 1);
+    ssize_t n = 0;
+    do {
+        n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        const int e = errno;
+        throw Error(Errc::agent_unavailable,
+                    e == EAGAIN || e == EWOULDBLOCK
+                        ? "the agent did not answer within " + std::to_string(kResponseTimeoutSeconds) + " s"
+                        : errno_text("reading the agent's response", e),
+                    "check the agent's log (journalctl -u diskcrypt-agent)");
+    }
+    if (n == 0) {
+        throw Error(Errc::agent_unavailable, "the agent closed the connection without answering",
+                    "check the agent's log (journalctl -u diskcrypt-agent)");
+    }
+    if (static_cast<std::size_t>(n) > proto::kMaxMessage) {
+        throw Error(Errc::protocol,
+                    "the agent's response is larger than " + std::to_string(proto::kMaxMessage) + " bytes");
+    }
+    return proto::parse_response(std::string_view(buf.data(), static_cast<std::size_t>(n)));
+}
+
+}  // namespace diskcrypt::cli

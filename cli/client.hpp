@@ -1,0 +1,19 @@
+// The CLI's side of the agent protocol: one request, one response.
+#pragma once
+
+#include <string>
+
+#include "agent/protocol.hpp"
+
+namespace diskcrypt::cli {
+
+// Seconds the CLI waits for a response (a format with a slow HSM included).
+inline constexpr int kResponseTimeoutSeconds = 120;
+
+// Sends `request` to the agent at `socket_path` and returns its parsed
+// response. Error(agent_unavailable) if the agent cannot be reached or does
+// not answer in time, Error(permission_denied) if the socket refuses the
+// caller, Error(protocol) if the answer is malformed.
+proto::Response call_agent(const std::string& socket_path, const std::string& request);
+
+}  // namespace diskcrypt::cli

@@ -1,0 +1,44 @@
+// diskcrypt: parse arguments, send one request to the agent, print the answer.
+#include <iostream>
+
+#include "agent/error.hpp"
+#include "cli/args.hpp"
+#include "cli/client.hpp"
+#include "cli/output.hpp"
+
+int main(int argc, char** argv)
+{
+    using namespace diskcrypt;
+    int code = 0;
+    const auto args = cli::parse_arguments(argc, argv, std::cout, std::cerr, code);
+    if (!args) {
+        return code;
+    }
+    try {
+        std::string request;
+        switch (args->command) {
+            case cli::Command::format:
+                request = proto::encode_request("format", proto::to_json(args->format));
+                break;
+            case cli::Command::verify:
+                request = proto::encode_request("verify", proto::to_json(args->verify));
+                break;
+            case cli::Command::status:
+                request = proto::encode_request("status", nlohmann::json::object());
+                break;
+        }
+        const proto::Response r = cli::call_agent(args->socket, request);
+        if (!r.ok) {
+            cli::print_error(r.code, r.message, r.hint, args->json, std::cout, std::cerr);
+            return exit_status(r.code);
+        }
+        cli::print_result(args->command, r.result, args->json, std::cout);
+        return 0;
+    } catch (const Error& e) {
+        cli::print_error(e.code(), e.what(), e.hint(), args->json, std::cout, std::cerr);
+        return exit_status(e.code());
+    } catch (const std::exception& e) {
+        cli::print_error(Errc::internal, e.what(), "", args->json, std::cout, std::cerr);
+        return 1;
+    }
+}

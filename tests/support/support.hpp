@@ -1,0 +1,78 @@
+// Helpers for diskcrypt's host tests: temporary directories on tmpfs, running
+// programs with captured output, reading and writing files.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace diskcrypt::test {
+
+// A fresh directory under /dev/shm (tmpfs: nothing reaches a disk), removed
+// with its contents on destruction.
+class TempDir {
+public:
+    TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    TempDir(TempDir&&) = delete;
+    TempDir& operator=(TempDir&&) = delete;
+    ~TempDir();
+    [[nodiscard]] const std::string& path() const { return path_; }
+    [[nodiscard]] std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+private:
+    std::string path_;
+};
+
+struct Result {
+    int status = -1;  // exit status, or 128+signal
+    std::string out;
+    std::string err;
+};
+
+// Runs argv[0] (searched in PATH) with extra environment variables, feeding
+// `input` on stdin; waits at most `timeout_s` seconds (then kills it).
+Result run(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
+           const std::string& input = {}, int timeout_s = 60);
+
+// Like run(), and fails the current test (Catch REQUIRE) if the status is not 0.
+Result run_ok(const std::vector<std::string>& argv, const std::map<std::string, std::string>& env = {},
+              const std::string& input = {});
+
+// A program left running in the background (stdout and stderr to a file);
+// SIGTERM and wait on destruction.
+class Background {
+public:
+    Background(const std::vector<std::string>& argv, const std::string& log_file,
+               const std::map<std::string, std::string>& env = {});
+    Background(const Background&) = delete;
+    Background& operator=(const Background&) = delete;
+    Background(Background&&) = delete;
+    Background& operator=(Background&&) = delete;
+    ~Background();
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    // SIGTERM, then wait; returns the exit status (128+signal if killed).
+    int stop(int timeout_s = 10);
+    // Whether it has exited; if so, its status in `status`.
+    bool exited(int& status);
+
+private:
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+};
+
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& data, mode_t mode = 0600);
+std::vector<std::uint8_t> read_bytes(const std::string& path);
+// Every regular file below `dir`, recursively.
+std::vector<std::string> list_files(const std::string& dir);
+// Waits until `path` exists (up to timeout_s).
+bool wait_for_path(const std::string& path, int timeout_s = 10);
+bool contains(const std::string& haystack, const std::string& needle);
+
+}  // namespace diskcrypt::test

@@ -1,0 +1,223 @@
+// The agent's configuration: the documented example parses, and every
+// invalid file is refused with its line and reason.
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+
+#include "agent/config.hpp"
+#include "agent/error.hpp"
+
+using diskcrypt::AgentConfig;
+using diskcrypt::Errc;
+using diskcrypt::Error;
+using diskcrypt::parse_config;
+
+namespace {
+
+const std::string kProvider =
+    "[providers.hsm]\n"
+    "type = \"pkcs11\"\n"
+    "module = \"/usr/lib/softhsm/libsofthsm2.so\"\n"
+    "token_label = \"diskcrypt\"\n"
+    "pin_file = \"/etc/diskcrypt/hsm.pin\"\n";
+
+// Parsing must fail with Error(config) whose message is exactly `message`.
+void refused(const std::string& text, const std::string& message)
+{
+    INFO("config:\n" << text);
+    try {
+        (void)parse_config(text, "agent.toml");
+        FAIL("accepted an invalid configuration");
+    } catch (const Error& e) {
+        CHECK(e.code() == Errc::config);
+        CHECK(std::string(e.what()) == message);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("config: the example file in agent/ is valid", "[config]")
+{
+    std::ifstream in(DISKCRYPT_SOURCE_DIR "/agent/agent.toml.example");
+    REQUIRE(in);
+    std::ostringstream s;
+    s << in.rdbuf();
+    std::string text = s.str();
+    // The example names a "diskcrypt" group, which this test machine may lack.
+    const std::string group = "status_group = \"diskcrypt\"";
+    REQUIRE(text.find(group) != std::string::npos);
+    text.replace(text.find(group), group.size(), "status_group = \"root\"");
+    const AgentConfig cfg = parse_config(text, "agent.toml.example");
+    CHECK(cfg.socket_path == "/run/diskcrypt/agent.sock");
+    CHECK(cfg.status_gid == 0);
+    REQUIRE(cfg.default_key.has_value());
+    CHECK(cfg.default_key->spec() == "hsm:disk-default");
+    REQUIRE(cfg.provider("hsm") != nullptr);
+    CHECK(cfg.provider("hsm")->type() == "pkcs11");
+    CHECK(cfg.provider("other") == nullptr);
+}
+
+TEST_CASE("config: defaults", "[config]")
+{
+    const AgentConfig cfg = parse_config(kProvider, "agent.toml");
+    CHECK(cfg.socket_path == "/run/diskcrypt/agent.sock");
+    CHECK_FALSE(cfg.status_group.has_value());
+    CHECK_FALSE(cfg.default_key.has_value());
+    CHECK(cfg.log_level == diskcrypt::LogLevel::info);
+}
+
+TEST_CASE("config: pin_credential instead of pin_file", "[config]")
+{
+    const AgentConfig cfg = parse_config(
+        "[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_credential = \"hsm-pin\"\n",
+        "agent.toml");
+    CHECK(cfg.provider("hsm") != nullptr);
+}
+
+TEST_CASE("config: each error names its line and reason", "[config]")
+{
+    SECTION("TOML syntax")
+    {
+        refused("[agent]\nsocket = \"/run/x.sock\"\nlog_level = info\n" + kProvider,
+                "agent.toml:3: Error while parsing floating-point: expected value-terminator, saw 'o'");
+    }
+    SECTION("unknown section")
+    {
+        refused(kProvider + "[server]\nport = 1\n",
+                "agent.toml:6: unknown section 'server' (known: [agent], [providers.NAME])");
+    }
+    SECTION("unknown key in [agent]")
+    {
+        refused("[agent]\nsocket = \"/run/x.sock\"\nsokcet = \"/run/y.sock\"\n" + kProvider,
+                "agent.toml:3: [agent]: unknown key 'sokcet'");
+    }
+    SECTION("unknown key in a provider")
+    {
+        refused(kProvider + "slot = 3\n", "agent.toml:6: [providers.hsm]: unknown key 'slot'");
+    }
+    SECTION("wrong type")
+    {
+        refused("[agent]\nsocket = 5\n" + kProvider,
+                "agent.toml:2: [agent] socket: expected a string, found an integer");
+    }
+    SECTION("relative socket path")
+    {
+        refused("[agent]\nsocket = \"agent.sock\"\n" + kProvider,
+                "agent.toml:2: [agent] socket: must be an absolute path (starting with '/')");
+    }
+    SECTION("socket path too long")
+    {
+        refused("[agent]\nsocket = \"/" + std::string(120, 's') + "\"\n" + kProvider,
+                "agent.toml:2: [agent] socket: socket path is longer than 103 bytes (a Unix socket address holds "
+                "107, and the agent binds PATH.new first)");
+    }
+    SECTION("unknown status group")
+    {
+        refused("[agent]\nstatus_group = \"no-such-group-xyz\"\n" + kProvider,
+                "agent.toml:2: [agent] status_group: group 'no-such-group-xyz' does not exist");
+    }
+    SECTION("bad log level")
+    {
+        refused("[agent]\nlog_level = \"verbose\"\n" + kProvider,
+                "agent.toml:2: [agent] log_level: log_level must be one of error, warning, info, debug (not "
+                "'verbose')");
+    }
+    SECTION("malformed default key")
+    {
+        refused("[agent]\ndefault_key = \"disk-key\"\n" + kProvider,
+                "agent.toml:2: [agent] default_key: invalid key 'disk-key': write it as PROVIDER:KEY_ID (for "
+                "example hsm:disk-key-01)");
+    }
+    SECTION("default key on an unconfigured provider")
+    {
+        refused("[agent]\ndefault_key = \"kms:k1\"\n" + kProvider,
+                "agent.toml:2: [agent] default_key: names provider 'kms', which is not configured (add "
+                "[providers.kms])");
+    }
+    SECTION("no provider")
+    {
+        refused("[agent]\nlog_level = \"info\"\n",
+                "agent.toml:1: no KMS provider is configured: add a [providers.NAME] section");
+    }
+    SECTION("provider without type")
+    {
+        refused("[providers.hsm]\nmodule = \"/m.so\"\n", "agent.toml:1: [providers.hsm]: missing required key 'type'");
+    }
+    SECTION("unknown provider type")
+    {
+        refused("[providers.hsm]\ntype = \"vault\"\n",
+                "agent.toml:2: [providers.hsm] type: unknown provider type 'vault' (known: pkcs11)");
+    }
+    SECTION("invalid provider name")
+    {
+        refused("[providers.HSM]\ntype = \"pkcs11\"\n",
+                "agent.toml:1: [providers.HSM]: invalid provider name 'HSM': it must be 1-32 characters from a-z 0-9 "
+                "_ -, starting with a letter or digit");
+    }
+    SECTION("provider is not a table")
+    {
+        refused("providers = 3\n", "agent.toml:1: 'providers' must be a table ([providers])");
+    }
+    SECTION("pkcs11: missing module")
+    {
+        refused("[providers.hsm]\ntype = \"pkcs11\"\ntoken_label = \"t\"\npin_file = \"/p\"\n",
+                "agent.toml:1: [providers.hsm]: missing required key 'module'");
+    }
+    SECTION("pkcs11: relative module path")
+    {
+        refused("[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"libsofthsm2.so\"\n",
+                "agent.toml:3: [providers.hsm] module: must be an absolute path (starting with '/')");
+    }
+    SECTION("pkcs11: token label too long")
+    {
+        refused(
+            "[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"" + std::string(33, 't') + "\"\n",
+            "agent.toml:4: [providers.hsm] token_label: a PKCS#11 token label has at most 32 bytes");
+    }
+    SECTION("pkcs11: no PIN source")
+    {
+        refused("[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\n",
+                "agent.toml:1: [providers.hsm]: missing PIN source: set pin_file (a root-only file) or "
+                "pin_credential (a systemd credential name)");
+    }
+    SECTION("pkcs11: both PIN sources")
+    {
+        refused(kProvider + "pin_credential = \"hsm-pin\"\n",
+                "agent.toml:6: [providers.hsm] pin_credential: set either pin_file or pin_credential, not both");
+    }
+    SECTION("pkcs11: bad credential name")
+    {
+        refused(
+            "[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\npin_credential = "
+            "\"../pin\"\n",
+            "agent.toml:5: [providers.hsm] pin_credential: a credential name has 1-64 characters from A-Z a-z "
+            "0-9 . _ -");
+    }
+    SECTION("pkcs11: bad iv_source")
+    {
+        refused(kProvider + "iv_source = \"random\"\n",
+                R"(agent.toml:6: [providers.hsm] iv_source: must be "host" or "hsm" (not "random"))");
+    }
+    SECTION("pkcs11: allow_extractable_keys not a boolean")
+    {
+        refused(kProvider + "allow_extractable_keys = \"yes\"\n",
+                "agent.toml:6: [providers.hsm] allow_extractable_keys: expected a boolean (true or false), found a "
+                "string");
+    }
+    SECTION("empty string")
+    {
+        refused("[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"\"\n",
+                "agent.toml:4: [providers.hsm] token_label: must not be empty");
+    }
+}
+
+TEST_CASE("config: a missing file is refused", "[config]")
+{
+    try {
+        (void)diskcrypt::load_config("/nonexistent/agent.toml");
+        FAIL("accepted");
+    } catch (const Error& e) {
+        CHECK(e.code() == Errc::config);
+        CHECK(std::string(e.what()) == "cannot read configuration file /nonexistent/agent.toml");
+    }
+}

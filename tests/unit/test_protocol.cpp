@@ -1,0 +1,123 @@
+// The agent protocol: envelopes, argument schemas, and each parse error.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "agent/error.hpp"
+#include "agent/protocol.hpp"
+
+using diskcrypt::Errc;
+using diskcrypt::Error;
+using nlohmann::json;
+namespace proto = diskcrypt::proto;
+
+namespace {
+
+void refused(const std::string& text, const std::string& message, Errc code = Errc::protocol)
+{
+    INFO("request: " << text.substr(0, 200));
+    try {
+        (void)proto::parse_request(text);
+        FAIL("accepted");
+    } catch (const Error& e) {
+        CHECK(e.code() == code);
+        CHECK(std::string(e.what()) == message);
+    }
+}
+
+const json kFormatArgs = {{"device", "/dev/vdb"}, {"disk_id", "d1"}, {"type", "network-ssd"}};
+
+}  // namespace
+
+TEST_CASE("protocol: requests round trip", "[protocol]")
+{
+    proto::FormatArgs a;
+    a.device = "/dev/vdb";
+    a.disk_id = "d1";
+    a.type = "network-ssd-io-m3";
+    a.key = "hsm:k1";
+    a.service_account = "sa1";
+    a.sector_size = 512;
+    a.force = true;
+    const proto::Request r = proto::parse_request(proto::encode_request("format", proto::to_json(a)));
+    CHECK(r.op == "format");
+    const proto::FormatArgs b = proto::format_args(r.args);
+    CHECK(b.device == a.device);
+    CHECK(b.disk_id == a.disk_id);
+    CHECK(b.type == a.type);
+    CHECK(b.key == a.key);
+    CHECK(b.service_account == a.service_account);
+    CHECK_FALSE(b.lineage.has_value());
+    CHECK(b.sector_size == a.sector_size);
+    CHECK(b.force);
+
+    const proto::Request s = proto::parse_request(R"({"protocol":1,"op":"status"})");
+    CHECK(s.op == "status");
+    CHECK(s.args.empty());
+
+    const auto v = proto::verify_args(
+        proto::parse_request(proto::encode_request("verify", proto::to_json(proto::VerifyArgs{"/d", "x"}))).args);
+    CHECK(v.device == "/d");
+    CHECK(v.disk_id == "x");
+}
+
+TEST_CASE("protocol: each malformed request is refused with its message", "[protocol]")
+{
+    refused("not json",
+            "request is not valid JSON: [json.exception.parse_error.101] parse error at line 1, column 2: "
+            "syntax error while parsing value - invalid literal; last read: 'no'");
+    refused("[1,2]", "request must be a JSON object");
+    refused(R"({"op":"status"})", "request has no 'protocol' field");
+    refused(R"({"protocol":"1","op":"status"})", "request: 'protocol' must be an integer");
+    refused(R"({"protocol":2,"op":"status"})", "protocol version 2 is not supported (this side speaks version 1)");
+    refused(R"({"protocol":1})", "request has no 'op' field");
+    refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
+    refused(R"({"protocol":1,"op":"attach"})", "unknown op 'attach' (known: status, format, verify)");
+    refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
+    refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
+    refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
+    refused(R"({"protocol":1,"op":"format","args":{"device":"/d","type":"network-ssd"}})",
+            "op format: missing argument 'disk_id'");
+    json a = kFormatArgs;
+    a["force"] = "yes";
+    refused(proto::encode_request("format", a), "op format: argument 'force' must be a boolean");
+    a = kFormatArgs;
+    a["sector_size"] = -512;
+    refused(proto::encode_request("format", a), "op format: argument 'sector_size' must be a non-negative integer");
+    a = kFormatArgs;
+    a["disk_id"] = 12;
+    refused(proto::encode_request("format", a), "op format: argument 'disk_id' must be a string");
+    a = kFormatArgs;
+    a["cipher"] = "aes-cbc";
+    refused(proto::encode_request("format", a), "op format: unknown argument 'cipher'");
+    refused(R"({"protocol":1,"op":"status","args":{"verbose":true}})", "op status: unknown argument 'verbose'");
+    a = kFormatArgs;
+    a["disk_id"] = std::string(70000, 'x');
+    refused(proto::encode_request("format", a), "request is larger than 65536 bytes");
+}
+
+TEST_CASE("protocol: responses", "[protocol]")
+{
+    const proto::Response ok = proto::parse_response(proto::encode_result({{"usable_size", 5}}));
+    CHECK(ok.ok);
+    CHECK(ok.result.at("usable_size") == 5);
+
+    const proto::Response err = proto::parse_response(proto::encode_error(Error(Errc::kms_key, "no key", "create it")));
+    CHECK_FALSE(err.ok);
+    CHECK(err.code == Errc::kms_key);
+    CHECK(err.message == "no key");
+    CHECK(err.hint == "create it");
+    CHECK(json::parse(proto::encode_error(Error(Errc::kms_key, "x"))).at("error").at("exit") == 10);
+
+    // An unknown error code still fails (as internal), never as success.
+    const proto::Response odd =
+        proto::parse_response(R"({"protocol":1,"ok":false,"error":{"code":"new-thing","exit":42,"message":"m"}})");
+    CHECK_FALSE(odd.ok);
+    CHECK(odd.code == Errc::internal);
+
+    CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":1,"ok":"yes"})"), "response has no boolean 'ok' field");
+    CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":1,"ok":true})"), "response has no 'result' object");
+    CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":1,"ok":false,"error":{"code":"x"}})"),
+                      "response error has no 'code' and 'message' strings");
+    CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":3,"ok":true,"result":{}})"),
+                      "protocol version 3 is not supported (this side speaks version 1)");
+}
