@@ -25,6 +25,7 @@
 #define DC_KEY_BYTES		64	/* AES-256-XTS: two 256-bit keys */
 #define DC_IV_BYTES		16
 #define DC_MAX_INLINE_DEPTH	65536
+#define DC_DEFAULT_INLINE_DEPTH	1
 #define DC_CIPHER_DEFAULT	"aes-xts-plain64"
 #define DC_ALG_NAME		"xts(aes)"
 
@@ -64,7 +65,8 @@ struct dc_config {
 	u64 iv_offset;			/* added to the sector before the IV */
 	unsigned int sector_size;	/* crypto sector size in bytes */
 	unsigned int sector_shift;	/* log2(sector_size / 512) */
-	int inline_depth;		/* see dc_inline(); -1: online CPUs */
+	unsigned int inline_depth;	/* see dc_inline() */
+	bool inline_depth_set;		/* given in the table */
 	unsigned long flags;
 	atomic_t inflight;		/* read and write bios not yet completed */
 

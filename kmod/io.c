@@ -377,17 +377,14 @@ static void dc_start_convert(struct dc_io *io, struct bio *out)
 /*
  * Inline crypto gives the lowest latency, but it does all of a submitter's
  * crypto on the submitter's CPU (and all of a completion queue's on that
- * queue's CPU). Once more bios are in flight than inline_depth (by default
- * the number of online CPUs), the device's queue, not the crypto, sets the
- * latency, and the workqueue spreads the crypto over the idle CPUs.
+ * queue's CPU, in softirq, where it also holds up the submitter). Once more
+ * bios are in flight than inline_depth (default 1: a lone bio is always
+ * inline), the device's queue, not the crypto, sets the latency, and the
+ * unbound workqueue spreads the crypto over the idle CPUs.
  */
 static bool dc_inline(struct dc_config *dc)
 {
-	int depth = dc->inline_depth;
-
-	if (depth < 0)
-		depth = num_online_cpus();
-	return atomic_read(&dc->inflight) <= depth;
+	return (unsigned int)atomic_read(&dc->inflight) <= dc->inline_depth;
 }
 
 /* Writes */

@@ -74,7 +74,7 @@ void dc_status(struct dm_target *ti, status_type_t type,
 		       (unsigned long long)dc->start);
 		nr_features = (dc->sector_size != SECTOR_SIZE) + large +
 			      discards + zeros + rwq + wwq +
-			      (dc->inline_depth >= 0);
+			      dc->inline_depth_set;
 		if (!nr_features)
 			break;
 		DMEMIT(" %u", nr_features);
@@ -90,8 +90,8 @@ void dc_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" read_workqueue");
 		if (wwq)
 			DMEMIT(" write_workqueue");
-		if (dc->inline_depth >= 0)
-			DMEMIT(" inline_depth:%d", dc->inline_depth);
+		if (dc->inline_depth_set)
+			DMEMIT(" inline_depth:%u", dc->inline_depth);
 		break;
 
 	case STATUSTYPE_IMA:

@@ -47,6 +47,7 @@ static int dc_parse_inline_depth(struct dm_target *ti, struct dc_config *dc,
 		return -EINVAL;
 	}
 	dc->inline_depth = v;
+	dc->inline_depth_set = true;
 	return 0;
 }
 
@@ -61,8 +62,7 @@ static int dc_parse_inline_depth(struct dm_target *ti, struct dc_config *dc,
  *   read_workqueue                     decrypt in the workqueue, not inline
  *   write_workqueue                    encrypt in the workqueue, not inline
  *   inline_depth:<n>                   inline crypto only while at most n
- *                                      bios are in flight (default: the
- *                                      number of online CPUs)
+ *                                      bios are in flight (default 1)
  */
 int dc_parse_features(struct dm_target *ti, struct dc_config *dc,
 		      unsigned int argc, char **argv)

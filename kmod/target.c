@@ -84,7 +84,7 @@ static int dc_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 	ti->private = dc;
 	dc->sector_size = SECTOR_SIZE;
-	dc->inline_depth = -1;
+	dc->inline_depth = DC_DEFAULT_INLINE_DEPTH;
 	atomic_set(&dc->inflight, 0);
 	mutex_init(&dc->alloc_lock);
 
