@@ -609,8 +609,13 @@ int dc_io_init(struct dm_target *ti, struct dc_config *dc)
 		return r;
 	}
 	dc->name = dm_table_device_name(ti->table);
-	dc->wq = alloc_workqueue("kdiskcryptd/%s", WQ_UNBOUND | WQ_MEM_RECLAIM |
-				 WQ_HIGHPRI, num_online_cpus(), dc->name);
+	/*
+	 * Not WQ_HIGHPRI: nice -20 workers preempt the submitters and the
+	 * completions that feed them; with it, 1 MiB writes at queue depth 4
+	 * ran at 74-83 MB/s against 117-123 MB/s without (-smp 2 guest).
+	 */
+	dc->wq = alloc_workqueue("kdiskcryptd/%s", WQ_UNBOUND | WQ_MEM_RECLAIM,
+				 num_online_cpus(), dc->name);
 	if (!dc->wq) {
 		ti->error = "Cannot allocate workqueue";
 		return -ENOMEM;
