@@ -1,12 +1,15 @@
 # diskcrypt: top-level build and test entry points.
 #
-#   make demo     install dependencies, build, boot the QEMU guest and show the
-#                 target at work (the README's first command)
+#   make demo     install dependencies, build, boot the QEMU guest and tell the
+#                 story: HSM key, format, attach, write, detach, attach, read,
+#                 status, audit (the README's first command)
 #   make check    every test: lint, host unit tests (plain and ASan+UBSan), the
-#                 harness self-test and the kernel suite in the QEMU guest (the
-#                 README's second command)
+#                 harness self-test, the kernel suite and the attach suite in
+#                 QEMU guests (the README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
-#   make bench    throughput: raw device, dm-crypt and diskcrypt in one guest
+#   make test-attach  agent, CLI, SoftHSM2 and the module together in a guest
+#   make bench    throughput (raw, dm-crypt, diskcrypt) and attach latency
+#   make bench-attach attach latency alone: diskcrypt vs cryptsetup open
 #   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
 #   make install  install the module and programs (DESTDIR honoured)
 #   make clean
@@ -46,11 +49,15 @@ test-vm:
 test-kmod: kmod cxx
 	tests/kmod/run.sh
 
+test-attach: kmod cxx
+	tests/attach/run.sh
+
 check: deps
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) test-vm
 	$(MAKE) test-kmod
+	$(MAKE) test-attach
 
 demo: deps
 	$(MAKE) all
@@ -59,6 +66,11 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	tests/bench/run.sh
+	tests/bench/attach-run.sh
+
+bench-attach: deps
+	$(MAKE) all
+	tests/bench/attach-run.sh
 
 install: all
 	$(MAKE) -C kmod install
@@ -68,4 +80,4 @@ clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: all deps kmod cxx cxx-asan lint unit test-vm test-kmod check demo bench install clean
+.PHONY: all deps kmod cxx cxx-asan lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean

@@ -46,7 +46,7 @@ Error located(const std::string& source, const toml::node& node, const std::stri
 
 std::string unknown_section(const std::string& name)
 {
-    return "unknown section '" + name + "' (known: [agent], [providers.NAME])";
+    return "unknown section '" + name + "' (known: [agent], [audit], [providers.NAME])";
 }
 
 std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
@@ -87,10 +87,30 @@ void parse_agent_section(ConfigSection& s, AgentConfig& cfg)
             throw s.error_at("default_key", e.what());
         }
     }
+    if (auto dir = s.optional_path("lock_dir")) {
+        cfg.lock_dir = *dir;
+    }
     if (auto level = s.optional_string("log_level")) {
         if (!parse_log_level(*level, cfg.log_level)) {
             throw s.error_at("log_level",
                              "log_level must be one of error, warning, info, debug (not '" + *level + "')");
+        }
+    }
+    s.finish();
+}
+
+void parse_audit_section(ConfigSection& s, AgentConfig& cfg)
+{
+    cfg.audit.file = s.optional_path("file");
+    if (auto journal = s.optional_string("journal")) {
+        if (*journal == "auto") {
+            cfg.audit.journal = audit::Journal::automatic;
+        } else if (*journal == "always") {
+            cfg.audit.journal = audit::Journal::always;
+        } else if (*journal == "never") {
+            cfg.audit.journal = audit::Journal::never;
+        } else {
+            throw s.error_at("journal", "journal must be one of auto, always, never (not '" + *journal + "')");
         }
     }
     s.finish();
@@ -216,7 +236,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     cfg.source = source;
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
-        if (k != "agent" && k != "providers") {
+        if (k != "agent" && k != "providers" && k != "audit") {
             throw located(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
@@ -227,6 +247,10 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     if (const auto* agent = root.get_as<toml::table>("agent")) {
         ConfigSection s(*agent, source, "agent");
         parse_agent_section(s, cfg);
+    }
+    if (const auto* audit_table = root.get_as<toml::table>("audit")) {
+        ConfigSection s(*audit_table, source, "audit");
+        parse_audit_section(s, cfg);
     }
 
     if (const auto* providers = root.get_as<toml::table>("providers")) {

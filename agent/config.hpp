@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 
+#include "agent/audit.hpp"
 #include "agent/error.hpp"
 #include "agent/kms/provider.hpp"
 #include "agent/log.hpp"
@@ -65,6 +66,8 @@ struct AgentConfig {
     gid_t status_gid = 0;
     std::optional<KeyRef> default_key;  // version empty
     LogLevel log_level = LogLevel::info;
+    std::string lock_dir = "/run/diskcrypt/lock";  // per-disk lock files
+    audit::Settings audit;                         // [audit]
     std::map<std::string, std::unique_ptr<kms::Provider>, std::less<>> providers;
 
     // The configured provider, or nullptr.

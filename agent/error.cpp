@@ -8,7 +8,7 @@ namespace diskcrypt {
 
 namespace {
 
-constexpr std::array<ErrcInfo, 13> kTable{{
+constexpr std::array<ErrcInfo, 17> kTable{{
     {Errc::internal, "internal", 1, "unexpected failure (a bug, or an unclassified system error)"},
     {Errc::usage, "usage", 2, "bad arguments"},
     {Errc::agent_unavailable, "agent-unavailable", 3, "the agent is not running or does not answer"},
@@ -22,6 +22,10 @@ constexpr std::array<ErrcInfo, 13> kTable{{
     {Errc::binding, "binding", 11, "header or wrapped secret belongs to another disk or key"},
     {Errc::config, "config", 12, "agent configuration invalid"},
     {Errc::protocol, "protocol", 13, "malformed message or unsupported protocol version"},
+    {Errc::not_attached, "not-attached", 14, "the disk is not attached on this host"},
+    {Errc::busy, "busy", 15, "the mapping is in use, or another operation on the disk is running"},
+    {Errc::conflict, "conflict", 16, "disk id or device already used by another mapping"},
+    {Errc::kernel, "kernel", 17, "device-mapper, the diskcrypt target or the kernel keyring refused"},
 }};
 
 }  // namespace

@@ -28,6 +28,10 @@ enum class Errc {
     binding,            // 11: header or wrapped secret belongs to another disk or key
     config,             // 12: agent configuration invalid
     protocol,           // 13: malformed message or unsupported protocol version
+    not_attached,       // 14: no diskcrypt mapping for this disk id
+    busy,               // 15: mapping in use, or another operation on the disk is running
+    conflict,           // 16: disk id or device already used by another mapping
+    kernel,             // 17: device-mapper, the diskcrypt target or the keyring refused
 };
 
 struct ErrcInfo {

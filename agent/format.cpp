@@ -13,6 +13,7 @@
 #include <chrono>
 
 #include "agent/associated_data.hpp"
+#include "agent/audit.hpp"
 #include "agent/header.hpp"
 #include "agent/log.hpp"
 #include "agent/raii.hpp"
@@ -369,15 +370,20 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
                     "use a key allowed to encrypt and decrypt");
     }
     key.version = desc.version;
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = key;
+    }
     const std::vector<std::uint8_t> ad = associated_data(args.disk_id, key);
     const SecureBuffer secret = SecureBuffer::random(kSecretBytes);
     Token token;
     token.keyslot = 0;
     token.key = key;
     token.provider_type = std::string(provider->type());
-    token.wrapped = provider->wrap(key.key_id, key.version, secret.span(), ad);
+    token.wrapped =
+        audit::kms_call("wrap", key, [&] { return provider->wrap(key.key_id, key.version, secret.span(), ad); });
     {
-        const SecureBuffer check = provider->unwrap(key.key_id, key.version, token.wrapped, ad);
+        const SecureBuffer check = audit::kms_call(
+            "unwrap", key, [&] { return provider->unwrap(key.key_id, key.version, token.wrapped, ad); });
         if (!check.equals(secret.span())) {
             throw Error(Errc::kms_unavailable,
                         "provider '" + key.provider +

@@ -95,6 +95,11 @@ DiskHeader read_header(crypt_device* cd, const std::string& device)
     const char* mode = crypt_get_cipher_mode(cd);
     h.cipher = std::string(cipher != nullptr ? cipher : "") + "-" + (mode != nullptr ? mode : "");
     h.volume_key_bytes = crypt_get_volume_key_size(cd);
+    h.iv_offset = crypt_get_iv_offset(cd);
+    std::uint32_t flags = 0;
+    if (crypt_persistent_flags_get(cd, CRYPT_FLAGS_ACTIVATION, &flags) == 0) {
+        h.allow_discards = (flags & CRYPT_ACTIVATE_ALLOW_DISCARDS) != 0;
+    }
     return h;
 }
 

@@ -21,6 +21,8 @@ struct DiskHeader {
     unsigned sector_size = 0;
     std::string cipher;  // "aes-xts-plain64"
     int volume_key_bytes = 0;
+    std::uint64_t iv_offset = 0;  // the segment's IV tweak, in 512-byte sectors
+    bool allow_discards = false;  // the header's persistent activation flag
 };
 
 // crypt_init + crypt_load(LUKS2). Error(device) if the device cannot be opened,

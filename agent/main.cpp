@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "agent/args.hpp"
+#include "agent/audit.hpp"
 #include "agent/config.hpp"
 #include "agent/error.hpp"
 #include "agent/log.hpp"
@@ -41,6 +42,7 @@ int main(int argc, char** argv)
         if (geteuid() != 0) {
             log_warning("not running as root: devices and mlock may be refused");
         }
+        audit::configure(cfg.audit);
         Server server(cfg, cfg.socket_path);
         return server.run();
     } catch (const Error& e) {

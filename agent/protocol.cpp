@@ -26,7 +26,13 @@ struct OpSpec {
 const std::vector<OpSpec>& ops()
 {
     static const std::vector<OpSpec> kOps{
-        {"status", {}},
+        {"status", {{"disk_id", ArgType::string, false}}},
+        {"list", {}},
+        {"attach",
+         {{"device", ArgType::string, true},
+          {"disk_id", ArgType::string, true},
+          {"service_account", ArgType::string, true}}},
+        {"detach", {{"disk_id", ArgType::string, true}, {"force", ArgType::boolean, false}}},
         {"format",
          {{"device", ArgType::string, true},
           {"disk_id", ArgType::string, true},
@@ -287,5 +293,34 @@ VerifyArgs verify_args(const json& args)
 }
 
 json to_json(const VerifyArgs& a) { return json{{"device", a.device}, {"disk_id", a.disk_id}}; }
+
+AttachArgs attach_args(const json& args)
+{
+    return AttachArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>(),
+                      args.at("service_account").get<std::string>()};
+}
+
+json to_json(const AttachArgs& a)
+{
+    return json{{"device", a.device}, {"disk_id", a.disk_id}, {"service_account", a.service_account}};
+}
+
+DetachArgs detach_args(const json& args)
+{
+    return DetachArgs{args.at("disk_id").get<std::string>(), opt<bool>(args, "force").value_or(false)};
+}
+
+json to_json(const DetachArgs& a) { return json{{"disk_id", a.disk_id}, {"force", a.force}}; }
+
+StatusArgs status_args(const json& args) { return StatusArgs{opt<std::string>(args, "disk_id")}; }
+
+json to_json(const StatusArgs& a)
+{
+    json j = json::object();
+    if (a.disk_id) {
+        j["disk_id"] = *a.disk_id;
+    }
+    return j;
+}
 
 }  // namespace diskcrypt::proto

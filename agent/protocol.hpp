@@ -72,4 +72,29 @@ struct VerifyArgs {
 VerifyArgs verify_args(const nlohmann::json& args);
 nlohmann::json to_json(const VerifyArgs& a);
 
+// Arguments of "attach": the caller (the control plane) names the disk and
+// the service account; neither is taken from the header.
+struct AttachArgs {
+    std::string device;  // absolute path of a block device
+    std::string disk_id;
+    std::string service_account;
+};
+AttachArgs attach_args(const nlohmann::json& args);
+nlohmann::json to_json(const AttachArgs& a);
+
+// Arguments of "detach".
+struct DetachArgs {
+    std::string disk_id;
+    bool force = false;
+};
+DetachArgs detach_args(const nlohmann::json& args);
+nlohmann::json to_json(const DetachArgs& a);
+
+// Arguments of "status": without a disk id, the agent; with one, that disk.
+struct StatusArgs {
+    std::optional<std::string> disk_id;
+};
+StatusArgs status_args(const nlohmann::json& args);
+nlohmann::json to_json(const StatusArgs& a);
+
 }  // namespace diskcrypt::proto

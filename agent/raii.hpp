@@ -7,8 +7,11 @@
 
 #include <blkid/blkid.h>
 #include <dlfcn.h>
+#include <keyutils.h>
 #include <libcryptsetup.h>
+#include <libdevmapper.h>
 #include <p11-kit/pkcs11.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <memory>
@@ -127,6 +130,72 @@ public:
 
 private:
     const Pkcs11Session& session_;
+};
+
+struct DmTaskDeleter {
+    void operator()(dm_task* t) const { dm_task_destroy(t); }
+};
+// A libdevmapper task (dm_task_create .. dm_task_destroy).
+using DmTask = std::unique_ptr<dm_task, DmTaskDeleter>;
+
+// A key in the kernel keyring that must not outlive its use: invalidated
+// (KEYCTL_INVALIDATE: unlinked everywhere and destroyed) on destruction or by
+// invalidate(). Move-only.
+class KernelKey {
+public:
+    KernelKey() = default;
+    explicit KernelKey(key_serial_t serial) : serial_(serial) {}
+    KernelKey(const KernelKey&) = delete;
+    KernelKey& operator=(const KernelKey&) = delete;
+    KernelKey(KernelKey&& other) noexcept : serial_(std::exchange(other.serial_, 0)) {}
+    KernelKey& operator=(KernelKey&& other) noexcept
+    {
+        if (this != &other) {
+            invalidate();
+            serial_ = std::exchange(other.serial_, 0);
+        }
+        return *this;
+    }
+    ~KernelKey() { invalidate(); }
+
+    [[nodiscard]] key_serial_t get() const { return serial_; }
+    // Returns false if the kernel refused (the key is then left to its keyring's lifetime).
+    bool invalidate() noexcept
+    {
+        if (serial_ <= 0) {
+            return true;
+        }
+        const bool ok = keyctl_invalidate(std::exchange(serial_, 0)) == 0;
+        if (!ok) {
+            log_warning("KEYCTL_INVALIDATE failed, ignoring");
+        }
+        return ok;
+    }
+
+private:
+    key_serial_t serial_ = 0;
+};
+
+// An exclusive flock() on an open lock file, released (with the file) on
+// destruction. Move-only.
+class FileLock {
+public:
+    FileLock() = default;
+    explicit FileLock(FileDescriptor fd) : fd_(std::move(fd)) {}
+    FileLock(const FileLock&) = delete;
+    FileLock& operator=(const FileLock&) = delete;
+    FileLock(FileLock&&) noexcept = default;
+    FileLock& operator=(FileLock&&) noexcept = default;
+    ~FileLock()
+    {
+        if (fd_) {
+            (void)flock(fd_.get(), LOCK_UN);
+        }
+    }
+    [[nodiscard]] bool held() const { return fd_.valid(); }
+
+private:
+    FileDescriptor fd_;
 };
 
 // Runs a callable when the scope ends, unless dismissed (for undo steps).

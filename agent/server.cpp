@@ -14,6 +14,9 @@
 #include <csignal>
 #include <cstring>
 
+#include "agent/attach.hpp"
+#include "agent/audit.hpp"
+#include "agent/dm.hpp"
 #include "agent/format.hpp"
 #include "agent/log.hpp"
 #include "agent/protocol.hpp"
@@ -31,11 +34,25 @@ bool may(const AgentConfig& cfg, const Peer& peer, const std::string& op)
     if (peer.uid == 0) {
         return true;
     }
-    if (op == "status" && cfg.status_group) {
+    if ((op == "status" || op == "list") && cfg.status_group) {
         return peer.gid == cfg.status_gid ||
                std::find(peer.groups.begin(), peer.groups.end(), cfg.status_gid) != peer.groups.end();
     }
     return false;
+}
+
+// The number of attached disks, or null without device-mapper.
+json attached_count()
+{
+    if (!dm::available()) {
+        return nullptr;
+    }
+    try {
+        return list_disks(false).size();
+    } catch (const Error& e) {
+        log_warning(std::string("status: cannot list mappings: ") + e.what());
+        return nullptr;
+    }
 }
 
 json status(const AgentConfig& cfg, std::chrono::steady_clock::time_point started)
@@ -56,13 +73,15 @@ json status(const AgentConfig& cfg, std::chrono::steady_clock::time_point starte
         {"socket", cfg.socket_path},
         {"default_key", cfg.default_key ? json(cfg.default_key->spec()) : json(nullptr)},
         {"providers", providers},
+        {"device_mapper", dm::available()},
+        {"attached", attached_count()},
     };
 }
 
 std::string describe_args(const proto::Request& r)
 {
     std::string out;
-    for (const char* key : {"device", "disk_id", "type", "key"}) {
+    for (const char* key : {"device", "disk_id", "type", "key", "service_account"}) {
         if (const auto it = r.args.find(key); it != r.args.end() && it->is_string()) {
             // Values are logged with their quotes from json::dump (escapes control characters).
             out += std::string(" ") + key + "=" + it->dump();
@@ -106,24 +125,47 @@ std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string
                            std::chrono::steady_clock::time_point started)
 {
     std::string op = "?";
+    audit::Scope scope(audit::Context{"", peer.uid, peer.pid, {}, {}, {}, {}, {}});
+    audit::Context& ctx = scope.context();
+    bool audited = false;  // whether an outcome of this op is an audit event
     try {
         const proto::Request r = proto::parse_request(request);
         op = r.op;
+        ctx.op = r.op;
+        for (const auto& [field, target] :
+             {std::pair{"disk_id", &ctx.disk_id}, std::pair{"service_account", &ctx.service_account},
+              std::pair{"device", &ctx.device}}) {
+            if (const auto it = r.args.find(field); it != r.args.end() && it->is_string()) {
+                *target = it->get<std::string>();
+            }
+        }
+        audited = r.op != "status" && r.op != "list";
         if (!may(cfg, peer, r.op)) {
+            audited = true;
             throw Error(Errc::permission_denied,
                         "op '" + r.op + "' is not allowed for uid " + std::to_string(peer.uid) + " (pid " +
                             std::to_string(peer.pid) + ")",
-                        r.op == "status" ? "status is open to root and to members of the agent's status_group"
-                                         : "run it as root");
+                        r.op == "status" || r.op == "list"
+                            ? "status and list are open to root and to members of the agent's status_group"
+                            : "run it as root");
         }
-        if (r.op != "status") {
+        if (audited) {
             log_info("request " + r.op + " from " + peer_text(peer) + describe_args(r));
         }
         json result;
+        std::string note;
         if (r.op == "status") {
-            result = status(cfg, started);
+            const proto::StatusArgs a = proto::status_args(r.args);
+            result = a.disk_id ? to_json(disk_status(*a.disk_id)) : status(cfg, started);
+        } else if (r.op == "list") {
+            json disks = json::array();
+            for (const auto& d : list_disks()) {
+                disks.push_back(to_json(d));
+            }
+            result = {{"disks", disks}};
         } else if (r.op == "format") {
             const FormatResult f = format_disk(cfg, proto::format_args(r.args));
+            ctx.luks_uuid = f.luks_uuid;
             log_info("format done: disk=" + f.disk_id + " device=" + f.device + " luks_uuid=" + f.luks_uuid +
                      " key=" + f.key.spec() + " version=" + f.key.version +
                      " sector_size=" + std::to_string(f.sector_size) + " usable=" + std::to_string(f.usable_size) +
@@ -135,16 +177,39 @@ std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string
             log_info("verify done: disk=" + v.header.token.disk_id + " device=" + v.header.device +
                      " luks_uuid=" + v.header.luks_uuid + " key=" + v.header.token.key.spec());
             result = to_json(v);
+        } else if (r.op == "attach") {
+            const AttachResult a = attach_disk(cfg, proto::attach_args(r.args));
+            note = a.already_attached ? "already attached: " + a.disk.path : "attached: " + a.disk.path;
+            log_info("attach done: disk=" + a.disk.disk_id + " device=" + a.device + " mapping=" + a.disk.path +
+                     " luks_uuid=" + a.disk.luks_uuid + (a.already_attached ? " (already attached)" : "") + " in " +
+                     std::to_string(a.elapsed_ms) + " ms");
+            result = to_json(a);
+        } else if (r.op == "detach") {
+            const DetachResult d = detach_disk(cfg, proto::detach_args(r.args));
+            note = d.forced ? (d.deferred ? "forced, removal deferred until closed" : "forced") : "detached";
+            log_info("detach done: disk=" + d.disk.disk_id + " mapping=" + d.disk.path + " (" + note + ") in " +
+                     std::to_string(d.elapsed_ms) + " ms");
+            result = to_json(d);
+        }
+        if (audited) {
+            audit::emit(audit::Event{op, "ok", ctx, {}, note});
         }
         return proto::encode_result(result);
     } catch (const Error& e) {
         log(e.code() == Errc::internal ? LogLevel::error : LogLevel::warning,
             "request " + op + " from " + peer_text(peer) + " failed (" + std::string(errc_name(e.code())) +
                 "): " + e.what());
+        if (audited || e.code() == Errc::protocol) {
+            audit::emit(audit::Event{op == "?" ? "request" : op, audit::is_refusal(e.code()) ? "refused" : "failed",
+                                     ctx, std::string(errc_name(e.code())), e.what()});
+        }
         return proto::encode_error(e);
     } catch (const std::exception& e) {
         const Error err(Errc::internal, std::string("unexpected failure: ") + e.what());
         log_error("request " + op + " from " + peer_text(peer) + ": " + err.what());
+        if (audited) {
+            audit::emit(audit::Event{op, "failed", ctx, "internal", err.what()});
+        }
         return proto::encode_error(err);
     }
 }
@@ -256,20 +321,21 @@ int Server::run()
 {
     (void)sd_notify(0, "READY=1\nSTATUS=serving");
     std::array<pollfd, 2> fds{{{listen_fd_.get(), POLLIN, 0}, {signal_fd_.get(), POLLIN, 0}}};
+    int rc = 0;
     for (;;) {
         if (poll(fds.data(), fds.size(), -1) < 0) {
             if (errno == EINTR) {
                 continue;
             }
             log_error(errno_text("poll", errno));
-            return 1;
+            rc = 1;
+            break;
         }
         if ((fds[1].revents & POLLIN) != 0) {
             signalfd_siginfo si{};
             [[maybe_unused]] const ssize_t got = read(signal_fd_.get(), &si, sizeof(si));
             log_info("signal " + std::to_string(si.ssi_signo) + " received, stopping");
-            (void)sd_notify(0, "STOPPING=1");
-            return 0;
+            break;
         }
         if ((fds[0].revents & POLLIN) != 0) {
             FileDescriptor conn(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -279,12 +345,43 @@ int Server::run()
                 }
                 continue;
             }
-            serve_connection(std::move(conn));
+            start_connection(std::move(conn));
         }
     }
+    (void)sd_notify(0, "STOPPING=1\nSTATUS=finishing running requests");
+    // Requests in progress finish; idle connections are woken up and end.
+    std::unique_lock lock(mutex_);
+    stopping_ = true;
+    for (const int fd : connections_) {
+        (void)shutdown(fd, SHUT_RD);
+    }
+    idle_.wait(lock, [this] { return connections_.empty(); });
+    return rc;
 }
 
-void Server::serve_connection(FileDescriptor conn)
+void Server::start_connection(FileDescriptor conn)
+{
+    const std::lock_guard lock(mutex_);
+    if (stopping_ || connections_.size() >= kMaxConnections) {
+        const std::string busy = proto::encode_error(Error(
+            Errc::busy, "the agent is serving " + std::to_string(kMaxConnections) + " connections", "retry shortly"));
+        (void)send(conn.get(), busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        return;
+    }
+    connections_.insert(conn.get());
+    // One thread per connection, so that different disks are served in
+    // parallel (the disk lock serialises operations on one disk). run() waits
+    // for every connection before the server goes away.
+    std::thread([this, c = std::move(conn)]() mutable {
+        serve_connection(c);
+        const std::lock_guard done(mutex_);
+        connections_.erase(c.get());
+        c.reset();  // closed only after it left the set that run() shuts down
+        idle_.notify_all();
+    }).detach();
+}
+
+void Server::serve_connection(const FileDescriptor& conn)
 {
     const timeval tv{kIdleTimeoutSeconds, 0};
     (void)setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

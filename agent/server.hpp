@@ -8,13 +8,19 @@
 // The socket file is 0600 root, or 0660 root:status_group when a status group
 // is configured, so the file mode and the check agree.
 //
-// Requests are served one at a time in this version (a format takes tens of
-// milliseconds); a connection idle for kIdleTimeoutSeconds is closed.
+// Each connection is served by a thread of its own, so different disks are
+// attached and detached in parallel; operations on one disk are serialised by
+// the disk lock (agent/disk_lock.hpp). A connection idle for
+// kIdleTimeoutSeconds is closed. SIGTERM stops accepting, lets running
+// requests finish, and returns.
 #pragma once
 
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,6 +32,7 @@ namespace diskcrypt {
 
 inline constexpr std::string_view kAgentVersion = "0.1.0";
 inline constexpr int kIdleTimeoutSeconds = 10;
+inline constexpr std::size_t kMaxConnections = 64;
 
 struct Peer {
     pid_t pid = 0;
@@ -57,7 +64,8 @@ public:
     int run();
 
 private:
-    void serve_connection(FileDescriptor conn);
+    void start_connection(FileDescriptor conn);
+    void serve_connection(const FileDescriptor& conn);
 
     const AgentConfig& cfg_;
     std::string socket_path_;
@@ -65,6 +73,10 @@ private:
     FileDescriptor listen_fd_;
     FileDescriptor signal_fd_;
     std::chrono::steady_clock::time_point started_;
+    std::mutex mutex_;
+    std::condition_variable idle_;
+    std::set<int> connections_;  // guarded by mutex_
+    bool stopping_ = false;      // guarded by mutex_
 };
 
 }  // namespace diskcrypt

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "agent/associated_data.hpp"
+#include "agent/audit.hpp"
 #include "agent/error.hpp"
 
 namespace diskcrypt {
@@ -33,7 +34,8 @@ SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, con
     }
     // The AD is built from the caller's disk id, never from the header alone.
     const std::vector<std::uint8_t> ad = associated_data(disk_id, t.key);
-    SecureBuffer secret = provider->unwrap(t.key.key_id, t.key.version, t.wrapped, ad);
+    SecureBuffer secret =
+        audit::kms_call("unwrap", t.key, [&] { return provider->unwrap(t.key.key_id, t.key.version, t.wrapped, ad); });
     if (secret.size() != kSecretBytes) {
         throw Error(Errc::header, "device " + header.device + ": the unwrapped secret has " +
                                       std::to_string(secret.size()) + " bytes, not " + std::to_string(kSecretBytes));
@@ -49,6 +51,10 @@ VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args)
     }
     const CryptDevice cd = open_luks2(args.device);
     VerifyResult r{read_header(cd.get(), args.device)};
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = r.header.token.key;
+        ctx->luks_uuid = r.header.luks_uuid;
+    }
     const SecureBuffer secret = unwrap_secret(cfg, r.header, args.disk_id);
     const int rc =
         crypt_activate_by_passphrase(cd.get(), nullptr, r.header.token.keyslot, secret.chars(), secret.size(), 0);

@@ -54,6 +54,14 @@ void validate(Arguments& a)
     } else if (a.command == Command::verify) {
         a.verify.device = absolute(a.verify.device);
         validate_disk_id(a.verify.disk_id);
+    } else if (a.command == Command::attach) {
+        a.attach.device = absolute(a.attach.device);
+        validate_disk_id(a.attach.disk_id);
+        validate_service_account(a.attach.service_account);
+    } else if (a.command == Command::detach) {
+        validate_disk_id(a.detach.disk_id);
+    } else if (a.command == Command::status && a.status.disk_id) {
+        validate_disk_id(*a.status.disk_id);
     }
 }
 
@@ -90,7 +98,27 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     verify->add_option("device", a.verify.device, "block device or regular file")->required();
     verify->add_option("--disk-id", a.verify.disk_id, "the disk id the caller expects")->required();
 
-    auto* status = app.add_subcommand("status", "show the agent's status");
+    auto* attach = app.add_subcommand(
+        "attach", "open DEVICE for disk DISK-ID through the kernel target; prints /dev/mapper/diskcrypt-DISK-ID");
+    attach->add_option("device", a.attach.device, "block device holding the disk's diskcrypt header")->required();
+    attach->add_option("--disk-id", a.attach.disk_id, "the control plane's disk id (checked against the header)")
+        ->required();
+    attach
+        ->add_option("--service-account", a.attach.service_account,
+                     "the service account of the VM the disk is for ([A-Za-z0-9._@-]{1,128}); audited")
+        ->required();
+
+    auto* detach = app.add_subcommand("detach", "remove the mapping of DISK-ID");
+    detach->add_option("disk-id", a.detach.disk_id, "the disk id")->required();
+    detach->add_flag("--force", a.detach.force,
+                     "even if it is in use: replace the table with dm-error (all further I/O fails, the key "
+                     "leaves the kernel), then remove the mapping when its last user closes it");
+
+    auto* status = app.add_subcommand("status", "show the agent's status, or one attached disk's");
+    std::string status_disk;
+    auto* status_id = status->add_option("disk-id", status_disk, "an attached disk");
+
+    auto* list = app.add_subcommand("list", "list the disks attached on this host");
 
     exit_code = 0;
     try {
@@ -108,6 +136,15 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
         a.command = Command::verify;
     } else if (status->parsed()) {
         a.command = Command::status;
+        if (status_id->count() > 0) {
+            a.status.disk_id = status_disk;
+        }
+    } else if (attach->parsed()) {
+        a.command = Command::attach;
+    } else if (detach->parsed()) {
+        a.command = Command::detach;
+    } else if (list->parsed()) {
+        a.command = Command::list;
     }
     try {
         validate(a);

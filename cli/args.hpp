@@ -13,7 +13,7 @@ namespace diskcrypt::cli {
 
 inline constexpr std::string_view kDefaultSocket = "/run/diskcrypt/agent.sock";
 
-enum class Command { format, verify, status };
+enum class Command { format, verify, status, attach, detach, list };
 
 struct Arguments {
     Command command = Command::status;
@@ -21,6 +21,9 @@ struct Arguments {
     bool json = false;
     proto::FormatArgs format;  // for Command::format
     proto::VerifyArgs verify;  // for Command::verify
+    proto::AttachArgs attach;  // for Command::attach
+    proto::DetachArgs detach;  // for Command::detach
+    proto::StatusArgs status;  // for Command::status
 };
 
 // Parses argv (argv[0] is the program name). On --help, a usage error or an

@@ -24,7 +24,16 @@ int main(int argc, char** argv)
                 request = proto::encode_request("verify", proto::to_json(args->verify));
                 break;
             case cli::Command::status:
-                request = proto::encode_request("status", nlohmann::json::object());
+                request = proto::encode_request("status", proto::to_json(args->status));
+                break;
+            case cli::Command::attach:
+                request = proto::encode_request("attach", proto::to_json(args->attach));
+                break;
+            case cli::Command::detach:
+                request = proto::encode_request("detach", proto::to_json(args->detach));
+                break;
+            case cli::Command::list:
+                request = proto::encode_request("list", nlohmann::json::object());
                 break;
         }
         const proto::Response r = cli::call_agent(args->socket, request);

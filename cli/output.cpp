@@ -1,8 +1,10 @@
 #include "cli/output.hpp"
 
+#include <algorithm>
 #include <array>
 #include <iomanip>
 #include <sstream>
+#include <vector>
 
 namespace diskcrypt::cli {
 
@@ -40,6 +42,80 @@ std::string key_text(const json& r)
 }
 
 std::string bytes_text(unsigned long long b) { return std::to_string(b) + " bytes (" + human_size(b) + ")"; }
+
+std::string disk_key_text(const json& r)
+{
+    const auto it = r.find("key");
+    if (it == r.end() || !it->is_object()) {
+        return "-";
+    }
+    return str(*it, "provider") + ":" + str(*it, "id") + " version " + str(*it, "version");
+}
+
+std::string list_text(const json& r, const char* key)
+{
+    std::string s;
+    if (const auto it = r.find(key); it != r.end() && it->is_array()) {
+        for (const auto& h : *it) {
+            s += (s.empty() ? "" : "; ") + (h.is_string() ? h.get<std::string>() : h.dump());
+        }
+    }
+    return s.empty() ? "-" : s;
+}
+
+void disk_rows(std::ostream& out, const json& r)
+{
+    row(out, "backing device", str(r, "backing_device") + " (" + str(r, "backing_devno") + ")");
+    row(out, "mapping",
+        str(r, "mapping") + " (" + str(r, "dm_device") + ", " + str(r, "devno") + "), uuid " + str(r, "dm_uuid"));
+    row(out, "size", bytes_text(num(r, "size")) + ", " + str(r, "sector_size") + "-byte sectors");
+    row(out, "LUKS2 UUID", str(r, "luks_uuid"));
+    row(out, "key", disk_key_text(r));
+    row(out, "target", str(r, "target") + ", key " + str(r, "key_state"));
+    row(out, "open count", str(r, "open_count") + (r.value("suspended", false) ? " (suspended)" : ""));
+    if (const auto it = r.find("holders"); it != r.end() && it->is_array() && !it->empty()) {
+        row(out, "holders", list_text(r, "holders"));
+    }
+}
+
+void pad(std::ostream& out, const std::string& text, std::size_t width)
+{
+    out << text;
+    for (std::size_t i = text.size(); i < width; ++i) {
+        out << ' ';
+    }
+}
+
+void disk_table(std::ostream& out, const json& disks)
+{
+    if (!disks.is_array() || disks.empty()) {
+        out << "No diskcrypt disks are attached on this host.\n";
+        return;
+    }
+    const std::vector<std::string> head{"DISK-ID", "MAPPED DEVICE", "BACKING", "SIZE",
+                                        "SECTOR",  "OPEN",          "KEY",     "KMS KEY"};
+    std::vector<std::vector<std::string>> rows{head};
+    for (const auto& d : disks) {
+        rows.push_back({str(d, "disk_id"), str(d, "path"), str(d, "backing_device"), human_size(num(d, "size")),
+                        str(d, "sector_size"), str(d, "open_count"), str(d, "key_state"), disk_key_text(d)});
+    }
+    std::vector<std::size_t> width(head.size(), 0);
+    for (const auto& r : rows) {
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            width[i] = std::max(width[i], r[i].size() + 2);
+        }
+    }
+    for (const auto& r : rows) {
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            if (i + 1 == r.size()) {
+                out << r[i];
+            } else {
+                pad(out, r[i], width[i]);
+            }
+        }
+        out << '\n';
+    }
+}
 
 }  // namespace
 
@@ -105,13 +181,55 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             row(out, "sector size", str(r, "sector_size") + " bytes");
             row(out, "data offset", bytes_text(num(r, "data_offset")));
             break;
+        case Command::attach:
+            out << str(r, "path") << '\n';
+            row(out, "disk",
+                str(r, "disk_id") + (r.value("already_attached", false)
+                                         ? ": already attached from this device, unchanged"
+                                         : ": attached in " + str(r, "elapsed_ms") + " ms"));
+            row(out, "service account", str(r, "service_account"));
+            disk_rows(out, r);
+            break;
+        case Command::detach:
+            if (r.value("forced", false)) {
+                out << "Forced detach of disk " << str(r, "disk_id") << ": " << str(r, "path")
+                    << " now fails every I/O (dm-error) and the key has left the kernel; "
+                    << (r.value("deferred", false) ? "the mapping is removed when its last user closes it"
+                                                   : "the mapping is removed")
+                    << '\n';
+                if (r.contains("holders") && r.at("holders").is_array() && !r.at("holders").empty()) {
+                    row(out, "holders", list_text(r, "holders"));
+                }
+            } else {
+                out << "Detached disk " << str(r, "disk_id") << ": removed " << str(r, "path") << " (was on "
+                    << str(r, "backing_device") << ")\n";
+            }
+            break;
+        case Command::list:
+            disk_table(out, r.contains("disks") ? r.at("disks") : json::array());
+            break;
         case Command::status:
+            if (r.contains("disk_id")) {
+                out << "Disk " << str(r, "disk_id") << " is attached as " << str(r, "path") << '\n';
+                disk_rows(out, r);
+                if (const auto it = r.find("counters"); it != r.end() && it->is_object()) {
+                    std::string c;
+                    for (const auto& [k, v] : it->items()) {
+                        c += (c.empty() ? "" : " ") + k + ":" + v.dump();
+                    }
+                    row(out, "counters", c.empty() ? "-" : c);
+                }
+                break;
+            }
             out << str(r, "agent") << " " << str(r, "version") << " (protocol " << str(r, "protocol") << ")\n";
             row(out, "pid", str(r, "pid"));
             row(out, "uptime", str(r, "uptime_s") + " s");
             row(out, "dumpable", str(r, "dumpable"));
             row(out, "config", str(r, "config"));
             row(out, "default key", str(r, "default_key"));
+            row(out, "attached disks",
+                r.contains("attached") && !r.at("attached").is_null() ? str(r, "attached")
+                                                                      : "- (device-mapper not available)");
             if (const auto it = r.find("providers"); it != r.end() && it->is_array()) {
                 for (const auto& p : *it) {
                     row(out, "provider", str(p, "name") + " (" + str(p, "type") + ")");

@@ -174,3 +174,50 @@ TEST_CASE("cli: --help exits 0 and lists the exit codes", "[cli]")
     CHECK_THAT(p.out, Contains("Exit status:"));
     CHECK_THAT(p.out, Contains("10  KMS key missing"));
 }
+
+TEST_CASE("cli: attach, detach, status DISK-ID and list", "[cli][attach]")
+{
+    const Parsed a = parse({"attach", "disk.img", "--disk-id", "d1", "--service-account", "sa@x", "--json"});
+    REQUIRE(a.args.has_value());
+    CHECK(a.args->command == Command::attach);
+    CHECK(a.args->json);
+    CHECK(a.args->attach.device.front() == '/');
+    CHECK(a.args->attach.disk_id == "d1");
+    CHECK(a.args->attach.service_account == "sa@x");
+
+    const Parsed d = parse({"detach", "d1", "--force"});
+    REQUIRE(d.args.has_value());
+    CHECK(d.args->command == Command::detach);
+    CHECK(d.args->detach.disk_id == "d1");
+    CHECK(d.args->detach.force);
+    CHECK_FALSE(parse({"detach", "d1"}).args->detach.force);
+
+    const Parsed s = parse({"status", "d1"});
+    REQUIRE(s.args.has_value());
+    CHECK(s.args->command == Command::status);
+    CHECK(s.args->status.disk_id == std::optional<std::string>("d1"));
+    CHECK_FALSE(parse({"status"}).args->status.disk_id.has_value());
+    CHECK(parse({"list"}).args->command == Command::list);
+}
+
+TEST_CASE("cli: attach and detach usage errors exit 2", "[cli][attach]")
+{
+    const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+        {{"attach", "/dev/vdb", "--disk-id", "d1"}, "--service-account is required"},
+        {{"attach", "/dev/vdb", "--service-account", "sa"}, "--disk-id is required"},
+        {{"attach", "--disk-id", "d1", "--service-account", "sa"}, "device is required"},
+        {{"attach", "/dev/vdb", "--disk-id", "d 1", "--service-account", "sa"}, "invalid disk id 'd 1'"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--service-account", "s a"}, "invalid service account 's a'"},
+        {{"detach"}, "disk-id is required"},
+        {{"detach", "a/b"}, "invalid disk id 'a/b'"},
+        {{"status", "a b"}, "invalid disk id 'a b'"},
+        {{"list", "extra"}, "extra"},
+    };
+    for (const auto& [argv, text] : cases) {
+        INFO(text);
+        const Parsed p = parse(argv);
+        CHECK_FALSE(p.args);
+        CHECK(p.code == 2);
+        CHECK_THAT(p.err, Contains(text));
+    }
+}

@@ -55,6 +55,32 @@ TEST_CASE("config: the example file in agent/ is valid", "[config]")
     REQUIRE(cfg.provider("hsm") != nullptr);
     CHECK(cfg.provider("hsm")->type() == "pkcs11");
     CHECK(cfg.provider("other") == nullptr);
+    CHECK(cfg.lock_dir == "/run/diskcrypt/lock");
+    CHECK(cfg.audit.file == std::optional<std::string>("/var/log/diskcrypt/audit.jsonl"));
+    CHECK(cfg.audit.journal == diskcrypt::audit::Journal::automatic);
+}
+
+TEST_CASE("config: [audit] and lock_dir", "[config][audit]")
+{
+    const AgentConfig d = parse_config(kProvider, "agent.toml");
+    CHECK(d.lock_dir == "/run/diskcrypt/lock");
+    CHECK_FALSE(d.audit.file.has_value());
+    CHECK(d.audit.journal == diskcrypt::audit::Journal::automatic);
+    const AgentConfig c = parse_config(
+        "[agent]\nlock_dir = \"/run/x\"\n[audit]\nfile = \"/var/log/a.jsonl\"\njournal = \"never\"\n" + kProvider,
+        "agent.toml");
+    CHECK(c.lock_dir == "/run/x");
+    CHECK(c.audit.file == std::optional<std::string>("/var/log/a.jsonl"));
+    CHECK(c.audit.journal == diskcrypt::audit::Journal::never);
+    CHECK(parse_config("[audit]\njournal = \"always\"\n" + kProvider, "agent.toml").audit.journal ==
+          diskcrypt::audit::Journal::always);
+    refused("[audit]\njournal = \"yes\"\n" + kProvider,
+            "agent.toml:2: [audit] journal: journal must be one of auto, always, never (not 'yes')");
+    refused("[audit]\nfile = \"audit.jsonl\"\n" + kProvider,
+            "agent.toml:2: [audit] file: must be an absolute path (starting with '/')");
+    refused("[audit]\nsyslog = true\n" + kProvider, "agent.toml:2: [audit]: unknown key 'syslog'");
+    refused("[agent]\nlock_dir = \"lock\"\n" + kProvider,
+            "agent.toml:2: [agent] lock_dir: must be an absolute path (starting with '/')");
 }
 
 TEST_CASE("config: defaults", "[config]")
@@ -84,7 +110,7 @@ TEST_CASE("config: each error names its line and reason", "[config]")
     SECTION("unknown section")
     {
         refused(kProvider + "[server]\nport = 1\n",
-                "agent.toml:6: unknown section 'server' (known: [agent], [providers.NAME])");
+                "agent.toml:6: unknown section 'server' (known: [agent], [audit], [providers.NAME])");
     }
     SECTION("unknown key in [agent]")
     {

@@ -26,6 +26,10 @@ TEST_CASE("exit codes: the documented table", "[errors]")
         {Errc::binding, 11},
         {Errc::config, 12},
         {Errc::protocol, 13},
+        {Errc::not_attached, 14},
+        {Errc::busy, 15},
+        {Errc::conflict, 16},
+        {Errc::kernel, 17},
     };
     REQUIRE(diskcrypt::errc_table().size() == expected.size());
     std::set<int> seen;

@@ -71,7 +71,8 @@ TEST_CASE("protocol: each malformed request is refused with its message", "[prot
     refused(R"({"protocol":2,"op":"status"})", "protocol version 2 is not supported (this side speaks version 1)");
     refused(R"({"protocol":1})", "request has no 'op' field");
     refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
-    refused(R"({"protocol":1,"op":"attach"})", "unknown op 'attach' (known: status, format, verify)");
+    refused(R"({"protocol":1,"op":"mount"})",
+            "unknown op 'mount' (known: status, list, attach, detach, format, verify)");
     refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
     refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
     refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");

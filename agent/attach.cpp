@@ -1,0 +1,536 @@
+#include "agent/attach.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <keyutils.h>
+#include <libcryptsetup.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "agent/audit.hpp"
+#include "agent/disk_lock.hpp"
+#include "agent/dm.hpp"
+#include "agent/header.hpp"
+#include "agent/log.hpp"
+#include "agent/raii.hpp"
+#include "agent/secure_buffer.hpp"
+#include "agent/table.hpp"
+#include "agent/verify.hpp"
+
+namespace diskcrypt {
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+long long ms_since(Clock::time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+std::string read_line(const std::string& path)
+{
+    std::ifstream in(path);
+    std::string line;
+    std::getline(in, line);
+    return line;
+}
+
+// "/dev/vda" for 253:0, from /sys/dev/block/M:m/uevent; "" if unknown.
+std::string device_path(const std::string& devno)
+{
+    std::ifstream in("/sys/dev/block/" + devno + "/uevent");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("DEVNAME=")) {
+            return "/dev/" + line.substr(8);
+        }
+    }
+    return {};
+}
+
+// "key:valid reads:1 ..." -> {"reads": 1, ...}; the key state apart.
+json parse_status(const std::string& status, std::string& key_state)
+{
+    json counters = json::object();
+    std::istringstream in(status);
+    std::string word;
+    while (in >> word) {
+        const auto colon = word.find(':');
+        if (colon == std::string::npos) {
+            continue;
+        }
+        const std::string name = word.substr(0, colon);
+        const std::string value = word.substr(colon + 1);
+        if (name == "key") {
+            key_state = value;
+            continue;
+        }
+        try {
+            counters[name] = std::stoull(value);
+        } catch (const std::exception&) {
+            counters[name] = value;
+        }
+    }
+    return counters;
+}
+
+// The disk id a mapping of ours belongs to, or nothing.
+DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
+{
+    DiskInfo d;
+    d.disk_id = disk_id;
+    d.mapping = m.name;
+    d.dm_uuid = m.uuid;
+    d.path = "/dev/mapper/" + m.name;
+    d.dm_device = "dm-" + std::to_string(m.minor);
+    d.devno = std::to_string(m.major) + ":" + std::to_string(m.minor);
+    d.open_count = m.open_count;
+    d.suspended = m.suspended;
+    if (m.table.size() == 1) {
+        const dm::Target& t = m.table.front();
+        d.target = t.type;
+        d.size = t.length * 512U;
+        if (t.type == kTargetName) {
+            if (const auto ct = parse_table_params(t.length, t.params)) {
+                d.backing_devno = ct->backing_devno();
+                d.backing_device = device_path(d.backing_devno);
+                d.sector_size = ct->sector_size;
+                d.iv_large_sectors = ct->iv_large_sectors;
+                d.allow_discards = ct->allow_discards;
+                d.luks_uuid = luks_uuid_from_key_description(ct->key_description).value_or("");
+            }
+        }
+    } else {
+        d.target = m.table.empty() ? "none" : "multiple";
+    }
+    if (m.status.size() == 1 && d.target == kTargetName) {
+        d.counters = parse_status(m.status.front().params, d.key_state);
+    }
+    if (d.open_count > 0) {
+        d.holders = holders_of(m.major, m.minor, m.name);
+    }
+    return d;
+}
+
+// Adds what the header says (key, disk type) when the backing device is readable.
+void add_header_info(DiskInfo& d)
+{
+    if (d.backing_device.empty()) {
+        return;
+    }
+    try {
+        const CryptDevice cd = open_luks2(d.backing_device);
+        const DiskHeader h = read_header(cd.get(), d.backing_device);
+        d.key = h.token.key;
+        d.disk_type = h.token.disk_type;
+    } catch (const std::exception& e) {
+        log_debug("status of " + d.disk_id + ": header of " + d.backing_device + " not readable: " + e.what());
+    }
+}
+
+std::optional<DiskInfo> find_disk(const std::string& disk_id)
+{
+    const std::string name = mapping_name(disk_id);
+    const auto m = dm::find(name);
+    if (!m) {
+        return std::nullopt;
+    }
+    if (disk_id_from_dm_uuid(m->uuid) != disk_id) {
+        throw Error(Errc::conflict,
+                    "a device-mapper device named " + name + " exists but was not made by diskcrypt (uuid '" + m->uuid +
+                        "', expected '" + dm_uuid(disk_id) + "')",
+                    "see 'dmsetup info " + name + "'; diskcrypt does not touch it");
+    }
+    return describe(*m, disk_id);
+}
+
+std::string holders_text(const DiskInfo& d)
+{
+    std::string s;
+    for (const auto& h : d.holders) {
+        s += (s.empty() ? "" : "; ") + h;
+    }
+    return s.empty() ? "held open by a process that could not be identified (a VM, or another namespace)" : s;
+}
+
+struct BlockDevice {
+    dev_t devno = 0;
+    std::uint64_t size = 0;
+};
+
+// NOLINTBEGIN(cppcoreguidelines-pro-type-vararg): open and ioctl are C vararg APIs
+BlockDevice open_block_device(const std::string& path)
+{
+    if (path.empty() || path.front() != '/') {
+        throw Error(Errc::usage, "device path '" + path + "' is not absolute");
+    }
+    const FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+    if (!fd) {
+        const int e = errno;
+        throw Error(Errc::device, errno_text("cannot open device " + path, e),
+                    e == ENOENT ? "check the device path" : "");
+    }
+    struct stat st {};
+    if (fstat(fd.get(), &st) != 0) {
+        throw Error(Errc::device, errno_text("cannot stat device " + path, errno));
+    }
+    if (!S_ISBLK(st.st_mode)) {
+        throw Error(Errc::device, "device " + path + " is not a block device; device-mapper maps only block devices",
+                    S_ISREG(st.st_mode) ? "attach a loop device over the file: losetup --find --show " + path : "");
+    }
+    BlockDevice b;
+    b.devno = st.st_rdev;
+    if (::ioctl(fd.get(), BLKGETSIZE64, &b.size) != 0) {
+        throw Error(Errc::device, errno_text("cannot read the size of " + path, errno));
+    }
+    return b;
+}
+// NOLINTEND(cppcoreguidelines-pro-type-vararg)
+
+// Runs fn in a new thread and waits for it, rethrowing its exception: the
+// thread's keyring (created by the first key added to it) ends with it.
+template <typename F>
+void run_in_own_thread(F fn)
+{
+    std::exception_ptr error;
+    std::thread worker([&fn, &error] {
+        try {
+            fn();
+        } catch (...) {
+            error = std::current_exception();
+        }
+    });
+    worker.join();
+    if (error) {
+        std::rethrow_exception(error);
+    }
+}
+
+// In the calling thread: the DEK as a possessor-only logon key in the thread
+// keyring, the mapping created from `table`, the key invalidated.
+void load_mapping(const std::string& disk_id, const CryptTable& table, const SecureBuffer& dek)
+{
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): keyutils
+    const key_serial_t serial =
+        add_key("logon", table.key_description.c_str(), dek.data(), dek.size(), KEY_SPEC_THREAD_KEYRING);
+    if (serial < 0) {
+        throw Error(Errc::kernel, errno_text("cannot add the disk's key to the kernel keyring", errno),
+                    "check the kernel's key quota (/proc/sys/kernel/keys/root_maxbytes)");
+    }
+    const KernelKey key(serial);
+    if (keyctl_setperm(serial, KEY_POS_VIEW | KEY_POS_SEARCH) != 0) {
+        throw Error(Errc::kernel, errno_text("cannot restrict the permissions of the disk's key", errno));
+    }
+    dm::create(mapping_name(disk_id), dm_uuid(disk_id),
+               dm::Target{0, table.length, std::string(kTargetName), table.params()});
+}
+
+}  // namespace
+
+std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::string& mapping)
+{
+    std::vector<std::string> out;
+    const std::string devno = std::to_string(major) + ":" + std::to_string(minor);
+    // Mounts: field 3 of mountinfo is major:minor, field 5 the mount point.
+    {
+        std::ifstream in("/proc/self/mountinfo");
+        std::string line;
+        while (std::getline(in, line)) {
+            std::istringstream f(line);
+            std::string id;
+            std::string parent;
+            std::string mm;
+            std::string root;
+            std::string point;
+            f >> id >> parent >> mm >> root >> point;
+            if (mm == devno) {
+                out.push_back("mounted on " + point);
+            }
+        }
+    }
+    // Stacked devices (LVM, another mapping, md).
+    std::error_code ec;
+    const std::string dm_dev = "dm-" + std::to_string(minor);
+    for (const auto& h : std::filesystem::directory_iterator("/sys/block/" + dm_dev + "/holders", ec)) {
+        const std::string name = h.path().filename();
+        const std::string dm_name = read_line("/sys/block/" + name + "/dm/name");
+        out.push_back("held by " + name + (dm_name.empty() ? "" : " (" + dm_name + ")"));
+    }
+    // Processes with the device open.
+    const std::string by_name = "/dev/mapper/" + mapping;
+    const std::string by_dm = "/dev/" + dm_dev;
+    for (const auto& p : std::filesystem::directory_iterator("/proc", ec)) {
+        const std::string pid = p.path().filename();
+        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos ||
+            pid == std::to_string(getpid())) {
+            continue;
+        }
+        std::error_code fd_ec;
+        for (const auto& fd : std::filesystem::directory_iterator(p.path() / "fd", fd_ec)) {
+            std::error_code link_ec;
+            const std::string target = std::filesystem::read_symlink(fd.path(), link_ec);
+            if (!link_ec && (target == by_name || target == by_dm)) {
+                out.push_back("open by pid " + pid + " (" + read_line("/proc/" + pid + "/comm") + ")");
+                break;
+            }
+        }
+    }
+    return out;
+}
+
+AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
+{
+    const auto started = Clock::now();
+    validate_disk_id(args.disk_id);
+    validate_service_account(args.service_account);
+    const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
+    dm::require_available();
+    const BlockDevice dev = open_block_device(args.device);
+    const std::string devno = std::to_string(major(dev.devno)) + ":" + std::to_string(minor(dev.devno));
+
+    AttachResult res;
+    res.service_account = args.service_account;
+    res.device = args.device;
+
+    // An existing mapping of this disk: the same device is the idempotent
+    // answer (after the header's disk id is checked), another is refused.
+    if (auto existing = find_disk(args.disk_id)) {
+        if (existing->backing_devno != devno) {
+            throw Error(Errc::conflict,
+                        "disk " + args.disk_id + " is already attached from device " +
+                            (existing->backing_device.empty() ? existing->backing_devno : existing->backing_device) +
+                            " (" + existing->backing_devno + "), not " + args.device + " (" + devno + ")",
+                        "detach it first (diskcrypt detach " + args.disk_id + ") if the disk moved");
+        }
+        const CryptDevice cd = open_luks2(args.device);
+        const DiskHeader header = read_header(cd.get(), args.device);
+        if (header.token.disk_id != args.disk_id) {
+            throw Error(Errc::binding, "device " + args.device + ": this header belongs to disk " +
+                                           header.token.disk_id + ", not " + args.disk_id);
+        }
+        if (audit::Context* ctx = audit::current()) {
+            ctx->key = header.token.key;
+            ctx->luks_uuid = header.luks_uuid;
+        }
+        add_header_info(*existing);
+        res.disk = std::move(*existing);
+        res.provider_type = header.token.provider_type;
+        res.data_offset = header.data_offset;
+        res.already_attached = true;
+        res.elapsed_ms = ms_since(started);
+        return res;
+    }
+    // The device must not be attached under another disk id.
+    for (const auto& name : dm::list_names(std::string(kMappingPrefix))) {
+        const auto m = dm::find(name);
+        if (!m) {
+            continue;
+        }
+        const auto other = disk_id_from_dm_uuid(m->uuid);
+        if (!other || m->table.size() != 1) {
+            continue;
+        }
+        const auto t = parse_table_params(m->table.front().length, m->table.front().params);
+        if (t && t->backing_devno() == devno) {
+            throw Error(Errc::conflict,
+                        "device " + args.device + " (" + devno + ") is already attached as disk " + *other + " (" +
+                            mapped_path(*other) + ")",
+                        "one device carries one disk; check the disk id");
+        }
+    }
+
+    const CryptDevice cd = open_luks2(args.device);
+    const DiskHeader header = read_header(cd.get(), args.device);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = header.token.key;
+        ctx->luks_uuid = header.luks_uuid;
+    }
+    // The table first (refuses foreign ciphers and bad sizes before the KMS is asked).
+    CryptTable table = table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "");
+    SecureBuffer dek(kDekBytes);
+    {
+        const SecureBuffer secret = unwrap_secret(cfg, header, args.disk_id);
+        std::size_t dek_size = dek.size();
+        const int rc =
+            crypt_volume_key_get(cd.get(), header.token.keyslot, dek.chars(), &dek_size, secret.chars(), secret.size());
+        if (rc < 0 || dek_size != static_cast<std::size_t>(kDekBytes)) {
+            throw Error(Errc::header,
+                        "device " + args.device + ": the unwrapped secret does not open keyslot " +
+                            std::to_string(header.token.keyslot),
+                        "the token and the keyslot do not belong together; restore a header backup");
+        }
+    }
+    table.key_description = new_key_description(header.luks_uuid);
+    run_in_own_thread([&] { load_mapping(args.disk_id, table, dek); });
+    dek = SecureBuffer();  // wiped now, not at the end of the scope
+
+    auto attached = find_disk(args.disk_id);
+    if (!attached) {
+        throw Error(Errc::kernel, "mapping " + mapping_name(args.disk_id) + " vanished right after it was created");
+    }
+    add_header_info(*attached);
+    res.disk = std::move(*attached);
+    res.provider_type = header.token.provider_type;
+    res.data_offset = header.data_offset;
+    res.elapsed_ms = ms_since(started);
+    return res;
+}
+
+DetachResult detach_disk(const AgentConfig& cfg, const proto::DetachArgs& args)
+{
+    const auto started = Clock::now();
+    validate_disk_id(args.disk_id);
+    const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
+    dm::require_available();
+    auto disk = find_disk(args.disk_id);
+    if (!disk) {
+        throw Error(
+            Errc::not_attached,
+            "disk " + args.disk_id + " is not attached on this host (no mapping " + mapping_name(args.disk_id) + ")",
+            "'diskcrypt list' shows the attached disks");
+    }
+    add_header_info(*disk);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = disk->key;
+        ctx->luks_uuid = disk->luks_uuid;
+        ctx->device = disk->backing_device;
+    }
+    DetachResult res;
+    res.forced = args.force;
+    const std::string name = disk->mapping;
+    if (disk->open_count > 0 && !args.force) {
+        throw Error(Errc::busy,
+                    "disk " + args.disk_id + " (" + disk->path + ") is in use (open count " +
+                        std::to_string(disk->open_count) + "): " + holders_text(*disk),
+                    "stop what uses it (unmount, stop the VM) and detach again; 'detach --force' makes all "
+                    "further I/O fail and removes the mapping when the last user closes it");
+    }
+    if (args.force) {
+        // dm-error first: outstanding and further I/O fail, and the target's
+        // key is destroyed with the old table at once.
+        dm::replace_with_error(name, disk->size / 512U);
+        log_warning("detach --force " + args.disk_id + ": " + name + " now fails all I/O" +
+                    (disk->open_count > 0 ? " (" + holders_text(*disk) + ")" : ""));
+        dm::remove(name, true);
+        res.deferred = dm::find(name).has_value();
+    } else {
+        try {
+            dm::remove(name, false);
+        } catch (const Error& e) {
+            if (e.code() != Errc::busy) {
+                throw;
+            }
+            auto now = find_disk(args.disk_id);
+            throw Error(Errc::busy,
+                        "disk " + args.disk_id + " (" + disk->path +
+                            ") is in use: " + (now ? holders_text(*now) : std::string("it was opened meanwhile")),
+                        "stop what uses it and detach again, or use 'detach --force'");
+        }
+    }
+    res.disk = std::move(*disk);
+    res.elapsed_ms = ms_since(started);
+    return res;
+}
+
+std::vector<DiskInfo> list_disks(bool headers)
+{
+    std::vector<DiskInfo> out;
+    for (const auto& name : dm::list_names(std::string(kMappingPrefix))) {
+        const auto m = dm::find(name);
+        if (!m) {
+            continue;
+        }
+        const auto id = disk_id_from_dm_uuid(m->uuid);
+        if (!id || mapping_name(*id) != name) {
+            continue;  // a foreign device whose name happens to start with diskcrypt-
+        }
+        out.push_back(describe(*m, *id));
+        if (headers) {
+            add_header_info(out.back());  // no KMS: the key column
+        }
+    }
+    std::sort(out.begin(), out.end(), [](const DiskInfo& a, const DiskInfo& b) { return a.disk_id < b.disk_id; });
+    return out;
+}
+
+DiskInfo disk_status(const std::string& disk_id)
+{
+    validate_disk_id(disk_id);
+    dm::require_available();
+    auto d = find_disk(disk_id);
+    if (!d) {
+        throw Error(Errc::not_attached, "disk " + disk_id + " is not attached on this host",
+                    "'diskcrypt list' shows the attached disks");
+    }
+    add_header_info(*d);
+    return std::move(*d);
+}
+
+json to_json(const DiskInfo& d)
+{
+    auto or_null = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
+    json j = {
+        {"disk_id", d.disk_id},
+        {"mapping", d.mapping},
+        {"dm_uuid", d.dm_uuid},
+        {"path", d.path},
+        {"dm_device", d.dm_device},
+        {"devno", d.devno},
+        {"backing_devno", or_null(d.backing_devno)},
+        {"backing_device", or_null(d.backing_device)},
+        {"size", d.size},
+        {"sector_size", d.sector_size},
+        {"iv_large_sectors", d.iv_large_sectors},
+        {"allow_discards", d.allow_discards},
+        {"luks_uuid", or_null(d.luks_uuid)},
+        {"target", d.target},
+        {"key_state", or_null(d.key_state)},
+        {"open_count", d.open_count},
+        {"suspended", d.suspended},
+        {"holders", d.holders},
+        {"counters", d.counters},
+        {"disk_type", or_null(d.disk_type)},
+    };
+    j["key"] =
+        d.key ? json{{"provider", d.key->provider}, {"id", d.key->key_id}, {"version", d.key->version}} : json(nullptr);
+    return j;
+}
+
+json to_json(const AttachResult& r)
+{
+    json j = to_json(r.disk);
+    j["device"] = r.device;
+    j["service_account"] = r.service_account;
+    j["data_offset"] = r.data_offset;
+    j["already_attached"] = r.already_attached;
+    j["elapsed_ms"] = r.elapsed_ms;
+    if (j["key"].is_object()) {
+        j["key"]["provider_type"] = r.provider_type;
+    }
+    return j;
+}
+
+json to_json(const DetachResult& r)
+{
+    json j = to_json(r.disk);
+    j["forced"] = r.forced;
+    j["deferred"] = r.deferred;
+    j["elapsed_ms"] = r.elapsed_ms;
+    return j;
+}
+
+}  // namespace diskcrypt

@@ -1,0 +1,91 @@
+// attach, detach, list and status of disks: the agent's view of the
+// diskcrypt mappings on this host, rebuilt from device-mapper on every request
+// (the agent keeps no state of its own, so a restarted agent sees what an
+// earlier one attached).
+//
+// attach: disk lock; the device must be a block device; an existing mapping of
+// the same disk id on the same device is returned as it is (idempotent), on
+// another device refused, and a device already attached under another id
+// refused; then the header's disk id is checked against the caller's, the
+// secret unwrapped with the AD built from the caller's id, the volume key
+// (DEK) taken through libcryptsetup (which verifies its digest) into locked
+// memory, and, in a thread of its own, added as a possessor-only logon key to
+// that thread's keyring, the mapping created, and the key invalidated
+// whatever happened. The thread then ends, and its keyring with it.
+//
+// detach: disk lock; refuses a mapping in use and names its holders (mounts,
+// stacked devices, processes); with force, the table is replaced by dm-error
+// (every further I/O fails, the key leaves the kernel with the old table) and
+// the mapping is removed, deferred until the last opener closes it.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent/config.hpp"
+#include "agent/protocol.hpp"
+
+namespace diskcrypt {
+
+struct DiskInfo {
+    std::string disk_id;
+    std::string mapping;  // diskcrypt-<id>
+    std::string dm_uuid;
+    std::string path;       // /dev/mapper/diskcrypt-<id>
+    std::string dm_device;  // dm-N
+    std::string devno;      // major:minor of the mapping
+    std::string backing_devno;
+    std::string backing_device;  // /dev/NAME, or "" if unknown
+    std::uint64_t size = 0;      // bytes the VM sees
+    unsigned sector_size = 512;
+    bool iv_large_sectors = false;
+    bool allow_discards = false;
+    std::string luks_uuid;
+    std::string target;     // "diskcrypt", or "error" after a forced detach
+    std::string key_state;  // "valid", "wiped" (from the target's status), "" if unknown
+    int open_count = 0;
+    bool suspended = false;
+    std::vector<std::string> holders;                    // mounts, stacked devices, processes
+    nlohmann::json counters = nlohmann::json::object();  // reads, writes, errors, ... from the status
+    std::optional<KeyRef> key;                           // from the header, if readable
+    std::string disk_type;                               // from the header
+};
+
+struct AttachResult {
+    DiskInfo disk;
+    std::string service_account;
+    std::string device;  // as the caller named it
+    std::string provider_type;
+    std::uint64_t data_offset = 0;
+    bool already_attached = false;
+    long long elapsed_ms = 0;
+};
+
+struct DetachResult {
+    DiskInfo disk;  // as it was before the detach
+    bool forced = false;
+    bool deferred = false;  // forced while open: removed when the last opener closes it
+    long long elapsed_ms = 0;
+};
+
+AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args);
+DetachResult detach_disk(const AgentConfig& cfg, const proto::DetachArgs& args);
+// Every diskcrypt mapping on the host (dm uuid prefix DISKCRYPT-), by disk id;
+// with `headers`, also what each backing device's header says (key, type).
+std::vector<DiskInfo> list_disks(bool headers = true);
+// One disk; Error(not_attached) if it has no mapping.
+DiskInfo disk_status(const std::string& disk_id);
+
+nlohmann::json to_json(const DiskInfo& d);
+nlohmann::json to_json(const AttachResult& r);
+nlohmann::json to_json(const DetachResult& r);
+
+// Who holds an open mapping: mount points (/proc/self/mountinfo), stacked
+// devices (/sys/block/dm-N/holders) and processes with it open (/proc/*/fd),
+// e.g. "mounted on /mnt", "held by dm-4 (vg-lv)", "open by pid 812 (qemu-system-x86)".
+std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::string& mapping);
+
+}  // namespace diskcrypt
