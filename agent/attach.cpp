@@ -126,7 +126,14 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
     return d;
 }
 
-// Adds what the header says (key, disk type) when the backing device is readable.
+// Adds what the header says (key, disk type).
+void add_header_info(DiskInfo& d, const DiskHeader& h)
+{
+    d.key = h.token.key;
+    d.disk_type = h.token.disk_type;
+}
+
+// The same, reading the header, when the backing device is readable.
 void add_header_info(DiskInfo& d)
 {
     if (d.backing_device.empty()) {
@@ -134,9 +141,7 @@ void add_header_info(DiskInfo& d)
     }
     try {
         const CryptDevice cd = open_luks2(d.backing_device);
-        const DiskHeader h = read_header(cd.get(), d.backing_device);
-        d.key = h.token.key;
-        d.disk_type = h.token.disk_type;
+        add_header_info(d, read_header(cd.get(), d.backing_device));
     } catch (const std::exception& e) {
         log_debug("status of " + d.disk_id + ": header of " + d.backing_device + " not readable: " + e.what());
     }
@@ -326,7 +331,7 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
             ctx->key = header.token.key;
             ctx->luks_uuid = header.luks_uuid;
         }
-        add_header_info(*existing);
+        add_header_info(*existing, header);
         res.disk = std::move(*existing);
         res.provider_type = header.token.provider_type;
         res.data_offset = header.data_offset;
@@ -382,7 +387,7 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
     if (!attached) {
         throw Error(Errc::kernel, "mapping " + mapping_name(args.disk_id) + " vanished right after it was created");
     }
-    add_header_info(*attached);
+    add_header_info(*attached, header);
     res.disk = std::move(*attached);
     res.provider_type = header.token.provider_type;
     res.data_offset = header.data_offset;
