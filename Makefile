@@ -11,6 +11,11 @@
 #   make bench    throughput (raw, dm-crypt, diskcrypt) and attach latency
 #   make bench-attach attach latency alone: diskcrypt vs cryptsetup open
 #   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
+#   make fuzz-smoke  build the libFuzzer targets (clang) and run each for
+#                 FUZZ_SMOKE_SECONDS (20); part of make check
+#   make fuzz     run each fuzz target for FUZZ_SECONDS (1800) and print the
+#                 executions and crashes per target (FUZZ_PARALLEL=2: two at a time)
+#   make release-check  a Release build with -Werror (packagers' flags build clean)
 #   make install  install the module and programs (DESTDIR honoured)
 #   make clean
 #
@@ -19,6 +24,11 @@
 BUILD ?= $(CURDIR)/build
 export DISKCRYPT_BUILD := $(BUILD)
 JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 1800
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_PARALLEL ?= 1
+# -Werror for every build made here (and CI); CMake leaves it off for packagers.
+WERROR := -DDISKCRYPT_WERROR=ON
 
 all: kmod cxx
 
@@ -29,12 +39,30 @@ kmod:
 	$(MAKE) -C kmod
 
 cxx:
-	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) >/dev/null
 	cmake --build $(BUILD)/cmake -j $(JOBS)
 
 cxx-asan:
-	cmake -S . -B $(BUILD)/asan -DCMAKE_BUILD_TYPE=Debug -DDISKCRYPT_SANITIZE=ON >/dev/null
+	cmake -S . -B $(BUILD)/asan -DCMAKE_BUILD_TYPE=Debug -DDISKCRYPT_SANITIZE=ON $(WERROR) >/dev/null
 	cmake --build $(BUILD)/asan -j $(JOBS)
+
+# What a distribution builds (Release), with -Werror: it must stay warning-free.
+release-check:
+	cmake -S . -B $(BUILD)/release -DCMAKE_BUILD_TYPE=Release $(WERROR) >/dev/null
+	cmake --build $(BUILD)/release -j $(JOBS)
+
+# libFuzzer targets: clang, -fsanitize=fuzzer,address,undefined (tests/fuzz).
+fuzz-build:
+	cmake -S . -B $(BUILD)/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+		-DDISKCRYPT_FUZZ=ON $(WERROR) >/dev/null
+	cmake --build $(BUILD)/fuzz -j $(JOBS) --target fuzz-targets
+
+fuzz-smoke: fuzz-build
+	tests/fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SMOKE_SECONDS)
+
+fuzz: deps
+	$(MAKE) fuzz-build
+	FUZZ_PARALLEL=$(FUZZ_PARALLEL) tests/fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SECONDS)
 
 lint: deps
 	tests/lint.sh
@@ -55,6 +83,8 @@ test-attach: kmod cxx
 check: deps
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) release-check
+	$(MAKE) fuzz-smoke
 	$(MAKE) test-vm
 	$(MAKE) test-kmod
 	$(MAKE) test-attach
@@ -80,4 +110,4 @@ clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: all deps kmod cxx cxx-asan lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean
+.PHONY: all deps kmod cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean

@@ -27,6 +27,7 @@
 #include "agent/raii.hpp"
 #include "agent/secure_buffer.hpp"
 #include "agent/table.hpp"
+#include "agent/text.hpp"
 #include "agent/verify.hpp"
 
 namespace diskcrypt {
@@ -41,12 +42,13 @@ long long ms_since(Clock::time_point t)
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
+// The first line of a /proc or /sys file, escaped (a process names itself).
 std::string read_line(const std::string& path)
 {
     std::ifstream in(path);
     std::string line;
     std::getline(in, line);
-    return line;
+    return printable(line, 256);
 }
 
 // "/dev/vda" for 253:0, from /sys/dev/block/M:m/uevent; "" if unknown.
@@ -102,7 +104,7 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
     d.suspended = m.suspended;
     if (m.table.size() == 1) {
         const dm::Target& t = m.table.front();
-        d.target = t.type;
+        d.target = printable(t.type, 64);
         d.size = t.length * 512U;
         if (t.type == kTargetName) {
             if (const auto ct = parse_table_params(t.length, t.params)) {
@@ -114,8 +116,11 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
                 d.luks_uuid = luks_uuid_from_key_description(ct->key_description).value_or("");
             }
         }
+    } else if (m.table.empty()) {
+        d.target = "none";
+        d.state = kEmptyState;
     } else {
-        d.target = m.table.empty() ? "none" : "multiple";
+        d.target = "multiple";
     }
     if (m.status.size() == 1 && d.target == kTargetName) {
         d.counters = parse_status(m.status.front().params, d.key_state);
@@ -131,21 +136,12 @@ void add_header_info(DiskInfo& d, const DiskHeader& h)
 {
     d.key = h.token.key;
     d.disk_type = h.token.disk_type;
+    d.header_error.clear();
 }
 
-// The same, reading the header, when the backing device is readable.
-void add_header_info(DiskInfo& d)
-{
-    if (d.backing_device.empty()) {
-        return;
-    }
-    try {
-        const CryptDevice cd = open_luks2(d.backing_device);
-        add_header_info(d, read_header(cd.get(), d.backing_device));
-    } catch (const std::exception& e) {
-        log_debug("status of " + d.disk_id + ": header of " + d.backing_device + " not readable: " + e.what());
-    }
-}
+// A device of ours without a table: an attach was interrupted between
+// creating diskcrypt-ID and loading its table.
+bool is_empty_leftover(const DiskInfo& d) { return d.target == "none" && d.open_count == 0; }
 
 std::optional<DiskInfo> find_disk(const std::string& disk_id)
 {
@@ -156,8 +152,8 @@ std::optional<DiskInfo> find_disk(const std::string& disk_id)
     }
     if (disk_id_from_dm_uuid(m->uuid) != disk_id) {
         throw Error(Errc::conflict,
-                    "a device-mapper device named " + name + " exists but was not made by diskcrypt (uuid '" + m->uuid +
-                        "', expected '" + dm_uuid(disk_id) + "')",
+                    "a device-mapper device named " + name + " exists but was not made by diskcrypt (uuid '" +
+                        printable(m->uuid, 200) + "', expected '" + dm_uuid(disk_id) + "')",
                     "see 'dmsetup info " + name + "'; diskcrypt does not touch it");
     }
     return describe(*m, disk_id);
@@ -172,39 +168,48 @@ std::string holders_text(const DiskInfo& d)
     return s.empty() ? "held open by a process that could not be identified (a VM, or another namespace)" : s;
 }
 
-struct BlockDevice {
-    dev_t devno = 0;
-    std::uint64_t size = 0;
-};
-
-// NOLINTBEGIN(cppcoreguidelines-pro-type-vararg): open and ioctl are C vararg APIs
-BlockDevice open_block_device(const std::string& path)
+// The disk type's discards policy (names.hpp) and the caller's request; the
+// header's persistent flag is never asked. Error(usage) if the caller asks
+// and the type does not permit it.
+bool discards_allowed(const proto::AttachArgs& args, const DiskHeader& header)
 {
-    if (path.empty() || path.front() != '/') {
-        throw Error(Errc::usage, "device path '" + path + "' is not absolute");
+    if (!args.allow_discards) {
+        return false;
     }
-    const FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
-    if (!fd) {
-        const int e = errno;
-        throw Error(Errc::device, errno_text("cannot open device " + path, e),
-                    e == ENOENT ? "check the device path" : "");
+    for (const auto& t : disk_types()) {
+        if (t.name == header.token.disk_type && t.encryptable) {
+            if (!t.discards) {
+                break;
+            }
+            return true;
+        }
     }
-    struct stat st {};
-    if (fstat(fd.get(), &st) != 0) {
-        throw Error(Errc::device, errno_text("cannot stat device " + path, errno));
-    }
-    if (!S_ISBLK(st.st_mode)) {
-        throw Error(Errc::device, "device " + path + " is not a block device; device-mapper maps only block devices",
-                    S_ISREG(st.st_mode) ? "attach a loop device over the file: losetup --find --show " + path : "");
-    }
-    BlockDevice b;
-    b.devno = st.st_rdev;
-    if (::ioctl(fd.get(), BLKGETSIZE64, &b.size) != 0) {
-        throw Error(Errc::device, errno_text("cannot read the size of " + path, errno));
-    }
-    return b;
+    throw Error(Errc::usage,
+                "disk " + args.disk_id + " is of type " + header.token.disk_type +
+                    ", whose profile does not allow discards (they would tell the storage the guest's free-space map)",
+                "attach it without --allow-discards; only the SSD disk types allow them");
 }
-// NOLINTEND(cppcoreguidelines-pro-type-vararg)
+
+// Removes an empty device left by an interrupted attach, as its own audit event.
+void remove_empty_leftover(const DiskInfo& d)
+{
+    audit::Event ev;
+    ev.event = "remove-empty";
+    ev.context = audit::current() != nullptr ? *audit::current() : audit::Context{};
+    try {
+        dm::remove(d.mapping, false);
+    } catch (const Error& e) {
+        ev.result = audit::is_refusal(e.code()) ? "refused" : "failed";
+        ev.reason = std::string(errc_name(e.code()));
+        ev.message = e.what();
+        audit::emit(ev);
+        throw;
+    }
+    ev.result = "ok";
+    ev.message = "removed " + d.mapping + ", an empty device left by an interrupted attach";
+    audit::emit(ev);
+    log_warning("attach " + d.disk_id + ": " + ev.message);
+}
 
 // Runs fn in a new thread and waits for it, rethrowing its exception: the
 // thread's keyring (created by the first key added to it) ends with it.
@@ -246,6 +251,23 @@ void load_mapping(const std::string& disk_id, const CryptTable& table, const Sec
 
 }  // namespace
 
+void add_header_info(DiskInfo& d)
+{
+    if (d.backing_device.empty()) {
+        return;
+    }
+    try {
+        const CryptDevice cd = open_luks2(d.backing_device);
+        add_header_info(d, read_header(cd.get(), d.backing_device));
+    } catch (const std::exception& e) {
+        // Shown for this disk only; one odd header never fails a whole list.
+        // Our errors quote outside text escaped already (sanitize() keeps
+        // that as it is); any other byte is escaped here.
+        d.header_error = sanitize(e.what());
+        log_debug("status of " + d.disk_id + ": header of " + d.backing_device + " not readable: " + d.header_error);
+    }
+}
+
 std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::string& mapping)
 {
     std::vector<std::string> out;
@@ -263,7 +285,7 @@ std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::s
             std::string point;
             f >> id >> parent >> mm >> root >> point;
             if (mm == devno) {
-                out.push_back("mounted on " + point);
+                out.push_back("mounted on " + printable(point, 256));
             }
         }
     }
@@ -271,7 +293,7 @@ std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::s
     std::error_code ec;
     const std::string dm_dev = "dm-" + std::to_string(minor);
     for (const auto& h : std::filesystem::directory_iterator("/sys/block/" + dm_dev + "/holders", ec)) {
-        const std::string name = h.path().filename();
+        const std::string name = printable(h.path().filename().string(), 64);
         const std::string dm_name = read_line("/sys/block/" + name + "/dm/name");
         out.push_back("held by " + name + (dm_name.empty() ? "" : " (" + dm_name + ")"));
     }
@@ -304,29 +326,37 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
     validate_service_account(args.service_account);
     const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
     dm::require_available();
-    const BlockDevice dev = open_block_device(args.device);
+    // The path is opened once, here, and never again: libcryptsetup reads
+    // this descriptor (/proc/self/fd/N) and the table names its device number.
+    const OpenedDevice dev = open_device_once(args.device, false);
     const std::string devno = std::to_string(major(dev.devno)) + ":" + std::to_string(minor(dev.devno));
 
     AttachResult res;
     res.service_account = args.service_account;
-    res.device = args.device;
+    res.device = dev.shown;
 
+    auto existing = find_disk(args.disk_id);
+    if (existing && is_empty_leftover(*existing)) {
+        remove_empty_leftover(*existing);
+        existing.reset();
+    }
     // An existing mapping of this disk: the same device is the idempotent
     // answer (after the header's disk id is checked), another is refused.
-    if (auto existing = find_disk(args.disk_id)) {
+    if (existing) {
         if (existing->backing_devno != devno) {
             throw Error(Errc::conflict,
                         "disk " + args.disk_id + " is already attached from device " +
                             (existing->backing_device.empty() ? existing->backing_devno : existing->backing_device) +
-                            " (" + existing->backing_devno + "), not " + args.device + " (" + devno + ")",
+                            " (" + existing->backing_devno + "), not " + dev.shown + " (" + devno + ")",
                         "detach it first (diskcrypt detach " + args.disk_id + ") if the disk moved");
         }
-        const CryptDevice cd = open_luks2(args.device);
+        const CryptDevice cd = open_luks2(dev.fd_path, args.device);
         const DiskHeader header = read_header(cd.get(), args.device);
         if (header.token.disk_id != args.disk_id) {
-            throw Error(Errc::binding, "device " + args.device + ": this header belongs to disk " +
-                                           header.token.disk_id + ", not " + args.disk_id);
+            throw Error(Errc::binding, "device " + dev.shown + ": this header belongs to disk " + header.token.disk_id +
+                                           ", not " + args.disk_id);
         }
+        (void)discards_allowed(args, header);
         if (audit::Context* ctx = audit::current()) {
             ctx->key = header.token.key;
             ctx->luks_uuid = header.luks_uuid;
@@ -352,20 +382,22 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
         const auto t = parse_table_params(m->table.front().length, m->table.front().params);
         if (t && t->backing_devno() == devno) {
             throw Error(Errc::conflict,
-                        "device " + args.device + " (" + devno + ") is already attached as disk " + *other + " (" +
+                        "device " + dev.shown + " (" + devno + ") is already attached as disk " + *other + " (" +
                             mapped_path(*other) + ")",
                         "one device carries one disk; check the disk id");
         }
     }
 
-    const CryptDevice cd = open_luks2(args.device);
+    const CryptDevice cd = open_luks2(dev.fd_path, args.device);
     const DiskHeader header = read_header(cd.get(), args.device);
     if (audit::Context* ctx = audit::current()) {
         ctx->key = header.token.key;
         ctx->luks_uuid = header.luks_uuid;
     }
-    // The table first (refuses foreign ciphers and bad sizes before the KMS is asked).
-    CryptTable table = table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "");
+    // The table first (refuses foreign ciphers, bad sizes and discards the
+    // disk type does not allow before the KMS is asked).
+    CryptTable table =
+        table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "", discards_allowed(args, header));
     SecureBuffer dek(kDekBytes);
     {
         const SecureBuffer secret = unwrap_secret(cfg, header, args.disk_id);
@@ -374,12 +406,14 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
             crypt_volume_key_get(cd.get(), header.token.keyslot, dek.chars(), &dek_size, secret.chars(), secret.size());
         if (rc < 0 || dek_size != static_cast<std::size_t>(kDekBytes)) {
             throw Error(Errc::header,
-                        "device " + args.device + ": the unwrapped secret does not open keyslot " +
+                        "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
                             std::to_string(header.token.keyslot),
                         "the token and the keyslot do not belong together; restore a header backup");
         }
     }
     table.key_description = new_key_description(header.luks_uuid);
+    // The device the table names is still the one opened and checked.
+    recheck_device(dev);
     run_in_own_thread([&] { load_mapping(args.disk_id, table, dek); });
     dek = SecureBuffer();  // wiped now, not at the end of the scope
 
@@ -509,6 +543,8 @@ json to_json(const DiskInfo& d)
         {"holders", d.holders},
         {"counters", d.counters},
         {"disk_type", or_null(d.disk_type)},
+        {"state", or_null(d.state)},
+        {"header_error", or_null(d.header_error)},
     };
     j["key"] =
         d.key ? json{{"provider", d.key->provider}, {"id", d.key->key_id}, {"version", d.key->version}} : json(nullptr);

@@ -3,14 +3,19 @@
 // (the agent keeps no state of its own, so a restarted agent sees what an
 // earlier one attached).
 //
-// attach: disk lock; the device must be a block device; an existing mapping of
+// attach: disk lock; the device path is opened once (O_NONBLOCK) and must be
+// a block device; libcryptsetup reads that descriptor and the table names its
+// device number, checked again just before the table is loaded; an empty
+// device of ours left by an interrupted attach is removed (audited); an existing mapping of
 // the same disk id on the same device is returned as it is (idempotent), on
 // another device refused, and a device already attached under another id
 // refused; then the header's disk id is checked against the caller's, the
 // secret unwrapped with the AD built from the caller's id, the volume key
 // (DEK) taken through libcryptsetup (which verifies its digest) into locked
 // memory, and, in a thread of its own, added as a possessor-only logon key to
-// that thread's keyring, the mapping created, and the key invalidated
+// that thread's keyring, the mapping created (discards only when the caller
+// asks and the disk type's profile permits; never from the header), and the
+// key invalidated
 // whatever happened. The thread then ends, and its keyring with it.
 //
 // detach: disk lock; refuses a mapping in use and names its holders (mounts,
@@ -52,7 +57,14 @@ struct DiskInfo {
     nlohmann::json counters = nlohmann::json::object();  // reads, writes, errors, ... from the status
     std::optional<KeyRef> key;                           // from the header, if readable
     std::string disk_type;                               // from the header
+    std::string state;                                   // "" or kEmptyState (a device of ours without a table)
+    std::string header_error;  // why the backing device's header could not be read (escaped), or ""
 };
+
+// The state `list` shows for a device of ours without a table, left by an
+// attach interrupted between creating diskcrypt-ID and loading its table;
+// the next attach of that disk id removes it (audit event "remove-empty").
+inline constexpr std::string_view kEmptyState = "empty: left by an interrupted attach";
 
 struct AttachResult {
     DiskInfo disk;
@@ -76,6 +88,9 @@ DetachResult detach_disk(const AgentConfig& cfg, const proto::DetachArgs& args);
 // Every diskcrypt mapping on the host (dm uuid prefix DISKCRYPT-), by disk id;
 // with `headers`, also what each backing device's header says (key, type).
 std::vector<DiskInfo> list_disks(bool headers = true);
+// Adds what the backing device's header says (key, disk type) to `d`, when the
+// header is readable; a header that is not is logged, never an error.
+void add_header_info(DiskInfo& d);
 // One disk; Error(not_attached) if it has no mapping.
 DiskInfo disk_status(const std::string& disk_id);
 

@@ -11,6 +11,7 @@
 
 #include "agent/log.hpp"
 #include "agent/raii.hpp"
+#include "agent/text.hpp"
 #include "agent/token.hpp"
 
 namespace diskcrypt::audit {
@@ -59,6 +60,23 @@ std::string summary(const Event& e)
     return s;
 }
 
+// The sinks' safety net: every string of an event is printable ASCII before it
+// reaches the journal, the file or the log, whatever a caller put into it.
+Event cleaned(const Event& e)
+{
+    Event c = e;
+    for (std::string* s : {&c.event, &c.result, &c.reason, &c.message, &c.context.op, &c.context.disk_id,
+                           &c.context.service_account, &c.context.device, &c.context.luks_uuid}) {
+        *s = sanitize(*s);
+    }
+    if (c.context.key) {
+        for (std::string* s : {&c.context.key->provider, &c.context.key->key_id, &c.context.key->version}) {
+            *s = sanitize(*s);
+        }
+    }
+    return c;
+}
+
 }  // namespace
 
 bool is_refusal(Errc code)
@@ -77,8 +95,9 @@ bool is_refusal(Errc code)
     }
 }
 
-nlohmann::ordered_json to_json(const Event& e, const std::string& time)
+nlohmann::ordered_json to_json(const Event& event, const std::string& time)
 {
+    const Event e = cleaned(event);
     const Context& c = e.context;
     nlohmann::ordered_json j = {
         {"time", time},
@@ -102,8 +121,9 @@ nlohmann::ordered_json to_json(const Event& e, const std::string& time)
     return j;
 }
 
-std::vector<std::string> journal_fields(const Event& e)
+std::vector<std::string> journal_fields(const Event& event)
 {
+    const Event e = cleaned(event);
     const Context& c = e.context;
     std::vector<std::string> f;
     f.push_back("MESSAGE=" + summary(e) + (e.message.empty() ? "" : ": " + e.message));
@@ -175,7 +195,9 @@ void emit(const Event& e) noexcept
             }
         }
         if (st.settings.file) {
-            const std::string line = to_json(e, utc_timestamp()).dump() + "\n";
+            const std::string line =
+                to_json(e, utc_timestamp()).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) +
+                "\n";
             // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open is a C vararg API
             const FileDescriptor fd(open(st.settings.file->c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
             if (fd && ::write(fd.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size())) {
@@ -185,7 +207,9 @@ void emit(const Event& e) noexcept
             }
         }
         if (!delivered) {
-            log_info("audit: " + to_json(e, utc_timestamp()).dump());
+            log_info(
+                "audit: " +
+                to_json(e, utc_timestamp()).dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
         }
     } catch (...) {  // NOLINT(bugprone-empty-catch): an audit failure must not end a request
         log_error("audit: cannot format an event");

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "agent/log.hpp"
+#include "agent/text.hpp"
 
 namespace diskcrypt {
 
@@ -18,7 +19,8 @@ void cryptsetup_log(int level, const char* msg, void* /*usrptr*/)
     while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
         text.pop_back();
     }
-    log(level == CRYPT_LOG_ERROR ? LogLevel::warning : LogLevel::debug, "libcryptsetup: " + text);
+    // libcryptsetup quotes header fields and paths: escaped where it enters.
+    log(level == CRYPT_LOG_ERROR ? LogLevel::warning : LogLevel::debug, "libcryptsetup: " + printable(text));
 }
 
 }  // namespace

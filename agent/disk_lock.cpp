@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <cerrno>
 #include <thread>
 
@@ -11,6 +12,26 @@
 #include "agent/names.hpp"
 
 namespace diskcrypt {
+
+namespace {
+
+std::atomic<bool>& stop_flag()
+{
+    static std::atomic<bool> stopped{false};
+    return stopped;
+}
+
+[[noreturn]] void fail_stopping(std::string_view disk_id)
+{
+    throw Error(Errc::agent_unavailable, "the agent is stopping: nothing was done to disk " + std::string(disk_id),
+                "run the command again when the agent is back (systemctl start diskcrypt-agent)");
+}
+
+}  // namespace
+
+void stop_disk_lock_waits() noexcept { stop_flag().store(true); }
+
+bool disk_lock_waits_stopped() noexcept { return stop_flag().load(); }
 
 FileLock lock_disk(const std::string& lock_dir, std::string_view disk_id, std::chrono::milliseconds timeout)
 {
@@ -27,6 +48,9 @@ FileLock lock_disk(const std::string& lock_dir, std::string_view disk_id, std::c
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::milliseconds(2);
     for (;;) {
+        if (disk_lock_waits_stopped()) {
+            fail_stopping(disk_id);
+        }
         if (flock(fd.get(), LOCK_EX | LOCK_NB) == 0) {
             return FileLock(std::move(fd));
         }

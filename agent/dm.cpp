@@ -15,6 +15,7 @@
 #include "agent/error.hpp"
 #include "agent/log.hpp"
 #include "agent/raii.hpp"
+#include "agent/text.hpp"
 
 namespace diskcrypt::dm {
 
@@ -40,7 +41,8 @@ void dm_log(int /*level*/, const char* /*file*/, int /*line*/, int /*dm_errno_or
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg,cppcoreguidelines-pro-bounds-array-to-pointer-decay)
     (void)std::vsnprintf(buf.data(), buf.size(), f, ap);
     va_end(ap);  // NOLINT(cppcoreguidelines-pro-type-vararg,cppcoreguidelines-pro-bounds-array-to-pointer-decay)
-    log_debug(std::string("libdevmapper: ") + buf.data());
+    // The message may quote names and tables from the kernel: escaped where it enters.
+    log_debug("libdevmapper: " + printable(buf.data()));
 }
 
 // Once per process: the log, and udev synchronisation only if udev runs.

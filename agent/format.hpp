@@ -23,20 +23,15 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "agent/header.hpp"
 #include "agent/protocol.hpp"
 
 namespace diskcrypt {
 
-// Header geometry: 2 x 16 KiB LUKS2 metadata, 992 KiB keyslots area (room for
-// three 512-bit keyslots, 252 KiB each), data at 1 MiB.
-inline constexpr std::uint64_t kMetadataBytes = 16ULL * 1024;
-inline constexpr std::uint64_t kKeyslotsBytes = 1024ULL * 1024 - 2 * kMetadataBytes;
-inline constexpr std::uint64_t kHeaderBytes = 1024ULL * 1024;
+// The header geometry, the PBKDF and the cipher are in agent/header.hpp:
+// read_header() accepts exactly what format writes.
 // The smallest usable size format accepts.
 inline constexpr std::uint64_t kMinUsableBytes = 1024ULL * 1024;
-// Keyslot PBKDF: PBKDF2-SHA256 with libcryptsetup's minimum iteration count
-// (the secret is 32 random bytes, so stretching adds nothing).
-inline constexpr std::uint32_t kPbkdfIterations = 1000;
 
 struct FormatResult {
     std::string device;

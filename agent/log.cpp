@@ -7,6 +7,8 @@
 #include <mutex>
 #include <string>
 
+#include "agent/text.hpp"
+
 namespace diskcrypt {
 
 namespace {
@@ -67,12 +69,14 @@ void log(LogLevel level, std::string_view message)
     if (static_cast<int>(level) > st.level.load()) {
         return;
     }
+    // The safety net: whatever reaches a log line is printable ASCII, one line.
+    const std::string text = sanitize(message);
     const std::lock_guard lock(st.mutex);
     std::string line = st.program;
     line += ": ";
     line += level_name(level);
     line += ": ";
-    line += message;
+    line += text;
     line += '\n';
     // One write per line so concurrent writers do not interleave.
     [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());

@@ -1,5 +1,7 @@
 // The agent's log: one line per event on stderr (journald adds time and unit
-// under systemd). Never pass a secret, a PIN or a wrapped blob to it.
+// under systemd). Never pass a secret, a PIN or a wrapped blob to it. Every
+// message passes through sanitize() (agent/text.hpp): a line is printable
+// ASCII whatever it quotes.
 #pragma once
 
 #include <string>

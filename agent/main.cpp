@@ -1,5 +1,6 @@
 // diskcrypt-agent: parse arguments, harden the process, load the
 // configuration, serve the socket.
+#include <libcryptsetup.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -24,6 +25,9 @@ int main(int argc, char** argv)
     try {
         // Before any secret exists: no core dumps, no ptrace by non-root.
         harden_process();
+        // A header names token types; libcryptsetup would dlopen
+        // libcryptsetup-token-<type>.so for any of them. Never in the agent.
+        crypt_token_external_disable();
         route_libcryptsetup_log();
         AgentConfig cfg = load_config(args->config);
         LogLevel level = cfg.log_level;

@@ -10,12 +10,13 @@ namespace diskcrypt {
 namespace {
 
 constexpr std::array<DiskType, 6> kDiskTypes{{
-    {"network-hdd", 512, true, "network HDD: 512-byte sectors, any guest boots"},
-    {"network-ssd", 512, true, "network SSD: 512-byte sectors, any guest boots"},
-    {"network-ssd-nonreplicated", 4096, true, "non-replicated SSD: 4096-byte sectors (guest must handle 4K)"},
-    {"network-ssd-io-m3", 4096, true, "io-m3 SSD: 4096-byte sectors (guest must handle 4K)"},
-    {"local-ssd", 0, false, "local disk: cannot be encrypted"},
-    {"local-hdd", 0, false, "local disk: cannot be encrypted"},
+    {"network-hdd", 512, true, "network HDD: 512-byte sectors, any guest boots; no discards", false},
+    {"network-ssd", 512, true, "network SSD: 512-byte sectors, any guest boots; discards on request", true},
+    {"network-ssd-nonreplicated", 4096, true,
+     "non-replicated SSD: 4096-byte sectors (guest must handle 4K); discards on request", true},
+    {"network-ssd-io-m3", 4096, true, "io-m3 SSD: 4096-byte sectors (guest must handle 4K); discards on request", true},
+    {"local-ssd", 0, false, "local disk: cannot be encrypted", false},
+    {"local-hdd", 0, false, "local disk: cannot be encrypted", false},
 }};
 
 bool is_alnum(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }

@@ -16,11 +16,18 @@ void validate_disk_id(std::string_view id, std::string_view what = "disk id");
 // Service accounts: [A-Za-z0-9._@-]{1,128}.
 void validate_service_account(std::string_view sa);
 
+// A disk type's profile. Discards policy: `discards` says whether an attach
+// may pass discards down to the storage, and only when the caller asks for
+// them (attach --allow-discards); the header's persistent flag never counts.
+// Discards tell the storage which blocks the guest does not use (its
+// free-space map), so they are allowed only for the SSD types, whose storage
+// reclaims the space; HDD disks and local disks never get them.
 struct DiskType {
     std::string_view name;
     unsigned sector_size;  // default LUKS2 encryption sector size for the type
     bool encryptable;
     std::string_view profile;
+    bool discards;  // attach --allow-discards permitted
 };
 
 // The known disk types, encryptable and local ones.

@@ -4,6 +4,8 @@
 #include <set>
 #include <vector>
 
+#include "agent/text.hpp"
+
 namespace diskcrypt::proto {
 
 namespace {
@@ -27,11 +29,12 @@ const std::vector<OpSpec>& ops()
 {
     static const std::vector<OpSpec> kOps{
         {"status", {{"disk_id", ArgType::string, false}}},
-        {"list", {}},
+        {"list", {{"after", ArgType::string, false}}},
         {"attach",
          {{"device", ArgType::string, true},
           {"disk_id", ArgType::string, true},
-          {"service_account", ArgType::string, true}}},
+          {"service_account", ArgType::string, true},
+          {"allow_discards", ArgType::boolean, false}}},
         {"detach", {{"disk_id", ArgType::string, true}, {"force", ArgType::boolean, false}}},
         {"format",
          {{"device", ArgType::string, true},
@@ -97,11 +100,12 @@ json parse_object(std::string_view text, std::string_view what)
     json j;
     try {
         j = json::parse(text.begin(), text.end(), cb);
-    } catch (const json::parse_error& e) {
-        fail(std::string(what) + " is not valid JSON: " + e.what());
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e9999
+        // The parser's message quotes the bytes it choked on: made printable.
+        fail(std::string(what) + " is not valid JSON: " + printable(e.what()));
     }
     if (!duplicate.empty()) {
-        fail(std::string(what) + " has the field '" + duplicate + "' twice");
+        fail(std::string(what) + " has the field '" + printable(duplicate) + "' twice");
     }
     if (!j.is_object()) {
         fail(std::string(what) + " must be a JSON object");
@@ -120,7 +124,7 @@ void check_version(const json& j, std::string_view what)
     }
     if (it->get<long long>() != kVersion) {
         throw Error(Errc::protocol,
-                    "protocol version " + it->dump() + " is not supported (this side speaks version " +
+                    "protocol version " + dump_json(*it) + " is not supported (this side speaks version " +
                         std::to_string(kVersion) + ")",
                     "use a diskcrypt CLI and agent from the same release");
     }
@@ -138,13 +142,15 @@ std::optional<T> opt(const json& args, const char* key)
 
 }  // namespace
 
+std::string dump_json(const json& j, int indent) { return j.dump(indent, ' ', false, json::error_handler_t::replace); }
+
 Request parse_request(std::string_view text)
 {
     const json j = parse_object(text, "request");
     check_version(j, "request");
     for (const auto& [key, value] : j.items()) {
         if (key != "protocol" && key != "op" && key != "args") {
-            fail("request has an unknown field '" + key + "'");
+            fail("request has an unknown field '" + printable(key) + "'");
         }
     }
     const auto op_it = j.find("op");
@@ -165,7 +171,7 @@ Request parse_request(std::string_view text)
         }
     }
     if (spec == nullptr) {
-        fail("unknown op '" + r.op + "' (known: " + known + ")");
+        fail("unknown op '" + printable(r.op) + "' (known: " + known + ")");
     }
     if (const auto a = j.find("args"); a != j.end()) {
         if (!a->is_object()) {
@@ -181,7 +187,7 @@ Request parse_request(std::string_view text)
             }
         }
         if (arg == nullptr) {
-            fail("op " + r.op + ": unknown argument '" + key + "'");
+            fail("op " + r.op + ": unknown argument '" + printable(key) + "'");
         }
         if (!has_type(value, arg->type)) {
             fail("op " + r.op + ": argument '" + key + "' must be " + std::string(type_word(arg->type)));
@@ -197,12 +203,12 @@ Request parse_request(std::string_view text)
 
 std::string encode_request(const std::string& op, const json& args)
 {
-    return json{{"protocol", kVersion}, {"op", op}, {"args", args}}.dump();
+    return dump_json(json{{"protocol", kVersion}, {"op", op}, {"args", args}});
 }
 
 std::string encode_result(const json& result)
 {
-    return json{{"protocol", kVersion}, {"ok", true}, {"result", result}}.dump();
+    return dump_json(json{{"protocol", kVersion}, {"ok", true}, {"result", result}});
 }
 
 std::string encode_error(const Error& error)
@@ -211,7 +217,7 @@ std::string encode_error(const Error& error)
     if (!error.hint().empty()) {
         e["hint"] = error.hint();
     }
-    return json{{"protocol", kVersion}, {"ok", false}, {"error", e}}.dump();
+    return dump_json(json{{"protocol", kVersion}, {"ok", false}, {"error", e}});
 }
 
 Response parse_response(std::string_view text)
@@ -297,12 +303,16 @@ json to_json(const VerifyArgs& a) { return json{{"device", a.device}, {"disk_id"
 AttachArgs attach_args(const json& args)
 {
     return AttachArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>(),
-                      args.at("service_account").get<std::string>()};
+                      args.at("service_account").get<std::string>(), opt<bool>(args, "allow_discards").value_or(false)};
 }
 
 json to_json(const AttachArgs& a)
 {
-    return json{{"device", a.device}, {"disk_id", a.disk_id}, {"service_account", a.service_account}};
+    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"service_account", a.service_account}};
+    if (a.allow_discards) {
+        j["allow_discards"] = true;
+    }
+    return j;
 }
 
 DetachArgs detach_args(const json& args)
@@ -311,6 +321,17 @@ DetachArgs detach_args(const json& args)
 }
 
 json to_json(const DetachArgs& a) { return json{{"disk_id", a.disk_id}, {"force", a.force}}; }
+
+ListArgs list_args(const json& args) { return ListArgs{opt<std::string>(args, "after")}; }
+
+json to_json(const ListArgs& a)
+{
+    json j = json::object();
+    if (a.after) {
+        j["after"] = *a.after;
+    }
+    return j;
+}
 
 StatusArgs status_args(const json& args) { return StatusArgs{opt<std::string>(args, "disk_id")}; }
 

@@ -11,7 +11,9 @@
 //
 // Parsing is strict: unknown ops, unknown or duplicate arguments and wrong
 // types are refused with Error(protocol); argument values are checked by the
-// operation itself (Error(usage)).
+// operation itself (Error(usage)). Every message this side writes is dumped
+// with dump_json(), which cannot throw on bad text; messages that quote what a
+// peer sent quote it through printable() (agent/text.hpp).
 #pragma once
 
 #include <cstddef>
@@ -26,6 +28,14 @@ namespace diskcrypt::proto {
 
 inline constexpr int kVersion = 1;
 inline constexpr std::size_t kMaxMessage = 65536;
+// What the disks of one `list` page may take at most (their JSON text): well
+// under kMaxMessage, so a page and its envelope always fit in one message.
+inline constexpr std::size_t kListPageBudget = std::size_t{48} * 1024;
+
+// j as compact JSON text; invalid UTF-8 in a string becomes U+FFFD instead of
+// an exception (every string should have gone through printable() already;
+// this is the last line of defence).
+std::string dump_json(const nlohmann::json& j, int indent = -1);
 
 struct Request {
     std::string op;
@@ -73,11 +83,14 @@ VerifyArgs verify_args(const nlohmann::json& args);
 nlohmann::json to_json(const VerifyArgs& a);
 
 // Arguments of "attach": the caller (the control plane) names the disk and
-// the service account; neither is taken from the header.
+// the service account; neither is taken from the header. Discards are the
+// caller's request (allowed only where the disk type's profile permits them),
+// never the header's.
 struct AttachArgs {
     std::string device;  // absolute path of a block device
     std::string disk_id;
     std::string service_account;
+    bool allow_discards = false;
 };
 AttachArgs attach_args(const nlohmann::json& args);
 nlohmann::json to_json(const AttachArgs& a);
@@ -89,6 +102,14 @@ struct DetachArgs {
 };
 DetachArgs detach_args(const nlohmann::json& args);
 nlohmann::json to_json(const DetachArgs& a);
+
+// Arguments of "list": a page of the attached disks, by disk id, those after
+// `after` (the `next` of the previous page); the first page without it.
+struct ListArgs {
+    std::optional<std::string> after;
+};
+ListArgs list_args(const nlohmann::json& args);
+nlohmann::json to_json(const ListArgs& a);
 
 // Arguments of "status": without a disk id, the agent; with one, that disk.
 struct StatusArgs {

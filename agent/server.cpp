@@ -1,5 +1,6 @@
 #include "agent/server.hpp"
 
+#include <grp.h>
 #include <poll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -12,15 +13,20 @@
 #include <array>
 #include <cerrno>
 #include <csignal>
+#include <cstddef>
 #include <cstring>
+#include <system_error>
+#include <thread>
 
 #include "agent/attach.hpp"
 #include "agent/audit.hpp"
+#include "agent/disk_lock.hpp"
 #include "agent/dm.hpp"
 #include "agent/format.hpp"
 #include "agent/log.hpp"
 #include "agent/protocol.hpp"
 #include "agent/secure_buffer.hpp"
+#include "agent/text.hpp"
 #include "agent/verify.hpp"
 
 namespace diskcrypt {
@@ -29,14 +35,14 @@ namespace {
 
 using nlohmann::json;
 
-bool may(const AgentConfig& cfg, const Peer& peer, const std::string& op)
+bool may(const ServerState& state, const Peer& peer, const std::string& op)
 {
     if (peer.uid == 0) {
         return true;
     }
-    if ((op == "status" || op == "list") && cfg.status_group) {
-        return peer.gid == cfg.status_gid ||
-               std::find(peer.groups.begin(), peer.groups.end(), cfg.status_gid) != peer.groups.end();
+    if ((op == "status" || op == "list") && state.status_group) {
+        const gid_t gid = state.status_group->gid;
+        return peer.gid == gid || std::find(peer.groups.begin(), peer.groups.end(), gid) != peer.groups.end();
     }
     return false;
 }
@@ -55,13 +61,13 @@ json attached_count()
     }
 }
 
-json status(const AgentConfig& cfg, std::chrono::steady_clock::time_point started)
+json status(const AgentConfig& cfg, const ServerState& state)
 {
     json providers = json::array();
     for (const auto& [name, p] : cfg.providers) {
         providers.push_back({{"name", name}, {"type", p->type()}});
     }
-    const auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+    const auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - state.started);
     return {
         {"agent", "diskcrypt-agent"},
         {"version", kAgentVersion},
@@ -71,6 +77,7 @@ json status(const AgentConfig& cfg, std::chrono::steady_clock::time_point starte
         {"dumpable", process_dumpable()},
         {"config", cfg.source},
         {"socket", cfg.socket_path},
+        {"status_group", state.status_group ? json(state.status_group->name) : json(nullptr)},
         {"default_key", cfg.default_key ? json(cfg.default_key->spec()) : json(nullptr)},
         {"providers", providers},
         {"device_mapper", dm::available()},
@@ -81,16 +88,68 @@ json status(const AgentConfig& cfg, std::chrono::steady_clock::time_point starte
 std::string describe_args(const proto::Request& r)
 {
     std::string out;
-    for (const char* key : {"device", "disk_id", "type", "key", "service_account"}) {
+    for (const char* key : {"device", "disk_id", "type", "key", "service_account", "after"}) {
         if (const auto it = r.args.find(key); it != r.args.end() && it->is_string()) {
-            // Values are logged with their quotes from json::dump (escapes control characters).
-            out += std::string(" ") + key + "=" + it->dump();
+            // Peer text, quoted and made printable.
+            out += std::string(" ") + key + "=\"" + printable(it->get<std::string>()) + "\"";
         }
     }
     return out;
 }
 
 std::string peer_text(const Peer& p) { return "uid=" + std::to_string(p.uid) + " pid=" + std::to_string(p.pid); }
+
+std::optional<StatusGroup> configured_group(const AgentConfig& cfg)
+{
+    if (!cfg.status_group) {
+        return std::nullopt;
+    }
+    return StatusGroup{cfg.status_gid, *cfg.status_group};
+}
+
+std::string group_name(gid_t gid)
+{
+    std::vector<char> buf(16384);
+    group gr{};
+    group* found = nullptr;
+    if (getgrgid_r(gid, &gr, buf.data(), buf.size(), &found) == 0 && found != nullptr) {
+        return printable(found->gr_name);
+    }
+    return std::to_string(gid);
+}
+
+std::string mode_text(mode_t mode)
+{
+    std::string out = "0";
+    for (const unsigned shift : {6U, 3U, 0U}) {
+        out.push_back(static_cast<char>('0' + ((mode >> shift) & 7U)));
+    }
+    return out;
+}
+
+// One summary audit event and log line for the refusals of a connection.
+void report_refusals(const Peer& peer, const std::string& first_op, Errc code, std::size_t count,
+                     const std::string& first_message)
+{
+    if (count == 0) {
+        return;
+    }
+    const std::string what =
+        count == 1 ? first_message
+                   : std::to_string(count) + " requests refused on one connection; the first: " + first_message;
+    log_warning("request " + first_op + " from " + peer_text(peer) + " refused (" + std::string(errc_name(code)) +
+                "): " + what);
+    audit::emit(audit::Event{first_op == "?" ? "request" : first_op, "refused",
+                             audit::Context{first_op == "?" ? "" : first_op, peer.uid, peer.pid, {}, {}, {}, {}, {}},
+                             std::string(errc_name(code)), what});
+}
+
+// The refusals of one connection, by reason.
+struct RefusalCount {
+    std::size_t count = 0;
+    std::string op;
+    std::string message;
+};
 
 }  // namespace
 
@@ -121,27 +180,100 @@ Peer peer_of(int fd)
     return p;
 }
 
-std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string_view request,
-                           std::chrono::steady_clock::time_point started)
+json list_page(std::vector<DiskInfo> disks, const std::optional<std::string>& after, std::size_t budget,
+               const std::function<void(DiskInfo&)>& add_header)
 {
-    std::string op = "?";
+    json page = json::array();
+    std::size_t used = 0;
+    std::optional<std::string> next;
+    std::string last;
+    for (auto& d : disks) {
+        if (after && d.disk_id <= *after) {
+            continue;
+        }
+        if (next) {
+            break;
+        }
+        add_header(d);
+        json entry = to_json(d);
+        const std::size_t size = proto::dump_json(entry).size() + 1;
+        if (!page.empty() && used + size > budget) {
+            next = last;  // this disk and the rest: the next page
+            break;
+        }
+        used += size;
+        last = d.disk_id;
+        page.push_back(std::move(entry));
+    }
+    json result = {{"disks", std::move(page)}};
+    if (next) {
+        result["next"] = *next;
+    }
+    return result;
+}
+
+std::optional<StatusGroup> status_group_of_socket(int listen_fd, std::string& path)
+{
+    path.clear();
+    sockaddr_un addr{};
+    socklen_t len = sizeof(addr);
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-reinterpret-cast): the sockets API
+    if (getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 || addr.sun_family != AF_UNIX ||
+        len <= offsetof(sockaddr_un, sun_path) || addr.sun_path[0] == '\0') {
+        return std::nullopt;  // unnamed or abstract: no file, no group
+    }
+    path.assign(&addr.sun_path[0], strnlen(&addr.sun_path[0], len - offsetof(sockaddr_un, sun_path)));
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) {
+        return std::nullopt;
+    }
+    if ((st.st_mode & 0060U) != 0060U || st.st_gid == 0) {
+        return std::nullopt;
+    }
+    return StatusGroup{st.st_gid, group_name(st.st_gid)};
+}
+
+std::optional<StatusGroup> activated_status_group(const AgentConfig& cfg, const std::string& path,
+                                                  const std::optional<StatusGroup>& from_socket)
+{
+    if (!cfg.status_group || (from_socket && from_socket->gid == cfg.status_gid)) {
+        return from_socket;
+    }
+    struct stat st {};
+    const std::string file =
+        path.empty() ? "the socket systemd passed (it has no file)"
+        : stat(path.c_str(), &st) == 0
+            ? printable(path) + " (mode " + mode_text(st.st_mode & 07777U) + ", group " + group_name(st.st_gid) + ")"
+            : printable(path);
+    const std::string granted =
+        from_socket ? "group " + from_socket->name + " (gid " + std::to_string(from_socket->gid) + ")" : "no group";
+    throw Error(Errc::config,
+                "[agent] status_group = \"" + printable(*cfg.status_group) + "\" (gid " +
+                    std::to_string(cfg.status_gid) + ") disagrees with the socket systemd passed: " + file +
+                    " grants status and list to " + granted,
+                "under socket activation the socket file decides: set SocketGroup=" + printable(*cfg.status_group) +
+                    " and SocketMode=0660 in diskcrypt-agent.socket, or remove status_group from " + cfg.source);
+}
+
+Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& peer, std::string_view request)
+{
+    Handled out;
+    out.op = "?";
     audit::Scope scope(audit::Context{"", peer.uid, peer.pid, {}, {}, {}, {}, {}});
     audit::Context& ctx = scope.context();
     bool audited = false;  // whether an outcome of this op is an audit event
     try {
         const proto::Request r = proto::parse_request(request);
-        op = r.op;
+        out.op = r.op;
         ctx.op = r.op;
         for (const auto& [field, target] :
              {std::pair{"disk_id", &ctx.disk_id}, std::pair{"service_account", &ctx.service_account},
               std::pair{"device", &ctx.device}}) {
             if (const auto it = r.args.find(field); it != r.args.end() && it->is_string()) {
-                *target = it->get<std::string>();
+                *target = printable(it->get<std::string>());
             }
         }
-        audited = r.op != "status" && r.op != "list";
-        if (!may(cfg, peer, r.op)) {
-            audited = true;
+        if (!may(state, peer, r.op)) {
             throw Error(Errc::permission_denied,
                         "op '" + r.op + "' is not allowed for uid " + std::to_string(peer.uid) + " (pid " +
                             std::to_string(peer.pid) + ")",
@@ -149,6 +281,7 @@ std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string
                             ? "status and list are open to root and to members of the agent's status_group"
                             : "run it as root");
         }
+        audited = r.op != "status" && r.op != "list";
         if (audited) {
             log_info("request " + r.op + " from " + peer_text(peer) + describe_args(r));
         }
@@ -156,13 +289,16 @@ std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string
         std::string note;
         if (r.op == "status") {
             const proto::StatusArgs a = proto::status_args(r.args);
-            result = a.disk_id ? to_json(disk_status(*a.disk_id)) : status(cfg, started);
+            result = a.disk_id ? to_json(disk_status(*a.disk_id)) : status(cfg, state);
         } else if (r.op == "list") {
-            json disks = json::array();
-            for (const auto& d : list_disks()) {
-                disks.push_back(to_json(d));
+            const proto::ListArgs a = proto::list_args(r.args);
+            if (a.after) {
+                validate_disk_id(*a.after, "list argument 'after'");
             }
-            result = {{"disks", disks}};
+            // The cheap device-mapper part for every disk, the headers only
+            // for the disks on this page.
+            result =
+                list_page(list_disks(false), a.after, proto::kListPageBudget, [](DiskInfo& d) { add_header_info(d); });
         } else if (r.op == "format") {
             const FormatResult f = format_disk(cfg, proto::format_args(r.args));
             ctx.luks_uuid = f.luks_uuid;
@@ -192,30 +328,57 @@ std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string
             result = to_json(d);
         }
         if (audited) {
-            audit::emit(audit::Event{op, "ok", ctx, {}, note});
+            audit::emit(audit::Event{out.op, "ok", ctx, {}, note});
         }
-        return proto::encode_result(result);
+        out.response = proto::encode_result(result);
+        if (out.response.size() > proto::kMaxMessage) {
+            throw Error(Errc::internal, "the response to " + out.op + " would be " +
+                                            std::to_string(out.response.size()) + " bytes, more than the protocol's " +
+                                            std::to_string(proto::kMaxMessage));
+        }
+        return out;
     } catch (const Error& e) {
-        log(e.code() == Errc::internal ? LogLevel::error : LogLevel::warning,
-            "request " + op + " from " + peer_text(peer) + " failed (" + std::string(errc_name(e.code())) +
-                "): " + e.what());
-        if (audited || e.code() == Errc::protocol) {
-            audit::emit(audit::Event{op == "?" ? "request" : op, audit::is_refusal(e.code()) ? "refused" : "failed",
-                                     ctx, std::string(errc_name(e.code())), e.what()});
+        if (e.code() == Errc::protocol || e.code() == Errc::permission_denied) {
+            // Counted and summarised by the caller (one event per connection).
+            out.refused = e.code();
+            out.message = e.what();
+        } else {
+            log(e.code() == Errc::internal ? LogLevel::error : LogLevel::warning,
+                "request " + out.op + " from " + peer_text(peer) + " failed (" + std::string(errc_name(e.code())) +
+                    "): " + e.what());
+            if (audited) {
+                audit::emit(audit::Event{out.op, audit::is_refusal(e.code()) ? "refused" : "failed", ctx,
+                                         std::string(errc_name(e.code())), e.what()});
+            }
         }
-        return proto::encode_error(e);
+        out.response = proto::encode_error(e);
+        return out;
     } catch (const std::exception& e) {
-        const Error err(Errc::internal, std::string("unexpected failure: ") + e.what());
-        log_error("request " + op + " from " + peer_text(peer) + ": " + err.what());
+        const Error err(Errc::internal, "unexpected failure: " + printable(e.what()));
+        log_error("request " + out.op + " from " + peer_text(peer) + ": " + err.what());
         if (audited) {
-            audit::emit(audit::Event{op, "failed", ctx, "internal", err.what()});
+            audit::emit(audit::Event{out.op, "failed", ctx, "internal", err.what()});
         }
-        return proto::encode_error(err);
+        out.response = proto::encode_error(err);
+        return out;
     }
 }
 
+std::string handle_request(const AgentConfig& cfg, const Peer& peer, std::string_view request,
+                           std::chrono::steady_clock::time_point started)
+{
+    const Handled h = handle(cfg, ServerState{configured_group(cfg), started}, peer, request);
+    if (h.refused) {
+        report_refusals(peer, h.op, *h.refused, 1, h.message);
+    }
+    return h.response;
+}
+
 Server::Server(const AgentConfig& cfg, std::string socket_path)
-    : cfg_(cfg), socket_path_(std::move(socket_path)), started_(std::chrono::steady_clock::now())
+    : start_thread_([](std::function<void()> fn) { std::thread(std::move(fn)).detach(); }),
+      cfg_(cfg),
+      socket_path_(std::move(socket_path)),
+      state_{configured_group(cfg), std::chrono::steady_clock::now()}
 {
     sigset_t mask;
     sigemptyset(&mask);
@@ -240,7 +403,14 @@ Server::Server(const AgentConfig& cfg, std::string socket_path)
                         "use ListenSequentialPacket= in diskcrypt-agent.socket");
         }
         listen_fd_.reset(SD_LISTEN_FDS_START);
-        log_info("listening on the socket passed by systemd");
+        // The socket file decides who may connect, so it decides the status
+        // group; a configuration that says otherwise is refused.
+        std::string path;
+        const auto from_socket = status_group_of_socket(listen_fd_.get(), path);
+        state_.status_group = activated_status_group(cfg_, path, from_socket);
+        log_info("listening on the socket passed by systemd" + (path.empty() ? "" : " (" + printable(path) + ")") +
+                 "; status group: " +
+                 (state_.status_group ? state_.status_group->name + " (from the socket file)" : "none"));
         return;
     }
 
@@ -345,47 +515,74 @@ int Server::run()
                 }
                 continue;
             }
-            start_connection(std::move(conn));
+            try {
+                start_connection(std::move(conn));
+            } catch (const std::exception& e) {  // never out of the accept loop
+                log_error("cannot serve a connection: " + printable(e.what()));
+            }
         }
     }
     (void)sd_notify(0, "STOPPING=1\nSTATUS=finishing running requests");
-    // Requests in progress finish; idle connections are woken up and end.
+    // Waits for a disk lock end at once; idle connections are woken up and
+    // end; running requests get kStopGraceSeconds.
+    stop_disk_lock_waits();
     std::unique_lock lock(mutex_);
     stopping_ = true;
-    for (const int fd : connections_) {
+    for (const auto& [fd, c] : connections_) {
         (void)shutdown(fd, SHUT_RD);
     }
-    idle_.wait(lock, [this] { return connections_.empty(); });
-    return rc;
+    if (idle_.wait_for(lock, std::chrono::seconds(kStopGraceSeconds), [this] { return connections_.empty(); })) {
+        return rc;
+    }
+    // Requests still running (a KMS call, a slow device): their callers are
+    // told, and the agent exits without them. The kernel releases their disk
+    // locks; agent/README.md ("Stopping") says what can be left.
+    const std::string abandoned = proto::encode_error(
+        Error(Errc::agent_unavailable,
+              "the agent stopped before this request finished (" + std::to_string(kStopGraceSeconds) +
+                  " s after SIGTERM); it may be half done",
+              "run it again when the agent is back: attach and detach finish or repeat what was begun"));
+    std::size_t running = 0;
+    for (auto& [fd, c] : connections_) {
+        if (c.in_request && !c.abandoned) {
+            c.abandoned = true;
+            ++running;
+            (void)send(fd, abandoned.data(), abandoned.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
+    }
+    log_error(std::to_string(running) + " request(s) still running " + std::to_string(kStopGraceSeconds) +
+              " s after the stop request; exiting without them");
+    if (created_socket_) {
+        (void)unlink(socket_path_.c_str());
+    }
+    // Not a return through main(): other threads still use the configuration
+    // and the providers, which static and main()'s destructors would free.
+    std::_Exit(rc);
+}
+
+void Server::refuse_connection(const FileDescriptor& conn, const Error& why)
+{
+    const std::string busy = proto::encode_error(why);
+    (void)send(conn.get(), busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    // A request already sent is read and dropped: closing a socket with
+    // unread data resets the peer, which would then lose the answer.
+    std::array<char, 512> sink{};
+    while (recv(conn.get(), sink.data(), sink.size(), MSG_DONTWAIT | MSG_TRUNC) > 0) {
+    }
+    std::size_t n = 0;
+    {
+        const std::lock_guard lock(mutex_);
+        n = ++refused_connections_;
+    }
+    // Logged at 1, 2, 4, 8, ... refusals: a flood of connections is seen
+    // without flooding the log.
+    if ((n & (n - 1)) == 0) {
+        log_warning("refused a connection (" + std::to_string(n) + " so far): " + why.what());
+    }
 }
 
 void Server::start_connection(FileDescriptor conn)
 {
-    const std::lock_guard lock(mutex_);
-    if (stopping_ || connections_.size() >= kMaxConnections) {
-        const std::string busy = proto::encode_error(Error(
-            Errc::busy, "the agent is serving " + std::to_string(kMaxConnections) + " connections", "retry shortly"));
-        (void)send(conn.get(), busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        return;
-    }
-    connections_.insert(conn.get());
-    // One thread per connection, so that different disks are served in
-    // parallel (the disk lock serialises operations on one disk). run() waits
-    // for every connection before the server goes away.
-    std::thread([this, c = std::move(conn)]() mutable {
-        serve_connection(c);
-        const std::lock_guard done(mutex_);
-        connections_.erase(c.get());
-        c.reset();  // closed only after it left the set that run() shuts down
-        idle_.notify_all();
-    }).detach();
-}
-
-void Server::serve_connection(const FileDescriptor& conn)
-{
-    const timeval tv{kIdleTimeoutSeconds, 0};
-    (void)setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    (void)setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     Peer peer;
     try {
         peer = peer_of(conn.get());
@@ -393,23 +590,162 @@ void Server::serve_connection(const FileDescriptor& conn)
         log_warning(std::string("dropping a connection: ") + e.what());
         return;
     }
+    const bool root = peer.uid == 0;
+    std::optional<Error> refusal;
+    {
+        const std::lock_guard lock(mutex_);
+        const auto held = per_uid_.find(peer.uid);
+        if (stopping_) {
+            refusal.emplace(Errc::agent_unavailable, "the agent is stopping", "retry when it is back");
+        } else if (connections_.size() >= kMaxConnections) {
+            refusal.emplace(Errc::busy, "the agent is serving " + std::to_string(kMaxConnections) + " connections",
+                            "retry shortly");
+        } else if (!root && non_root_ >= kMaxConnections - kRootConnections) {
+            refusal.emplace(Errc::busy,
+                            "the agent is serving " + std::to_string(non_root_) +
+                                " connections of non-root callers, all it allows (" + std::to_string(kRootConnections) +
+                                " are kept for root)",
+                            "retry shortly");
+        } else if (!root && held != per_uid_.end() && held->second >= kMaxConnectionsPerUid) {
+            refusal.emplace(Errc::busy,
+                            "uid " + std::to_string(peer.uid) + " already holds " +
+                                std::to_string(kMaxConnectionsPerUid) + " connections to the agent, all one uid may",
+                            "close a connection, or retry shortly");
+        } else {
+            connections_.emplace(conn.get(), Connection{peer.uid, false, false});
+            if (!root) {
+                ++non_root_;
+                ++per_uid_[peer.uid];
+            }
+        }
+    }
+    if (refusal) {
+        refuse_connection(conn, *refusal);
+        return;
+    }
+    // One thread per connection, so that different disks are served in
+    // parallel (the disk lock serialises operations on one disk). run() waits
+    // for every connection before the server goes away. The descriptor is
+    // shared with this frame so that a thread that cannot start is answered.
+    const auto shared = std::make_shared<FileDescriptor>(std::move(conn));
+    const int fd = shared->get();
+    auto release = [this, fd, uid = peer.uid, root] {
+        const std::lock_guard done(mutex_);
+        connections_.erase(fd);
+        if (!root) {
+            --non_root_;
+            if (--per_uid_[uid] == 0) {
+                per_uid_.erase(uid);
+            }
+        }
+    };
+    try {
+        start_thread_([this, shared, peer, release]() {
+            try {
+                serve_connection(*shared, peer);
+            } catch (...) {  // the last resort: this connection ends, the agent serves on
+                try {
+                    log_error("a connection of " + peer_text(peer) + " ended by an unexpected failure");
+                } catch (...) {  // NOLINT(bugprone-empty-catch): nothing more can be done
+                }
+            }
+            release();
+            {
+                const std::lock_guard done(mutex_);
+                shared->reset();  // closed only after it left the set that run() shuts down
+                idle_.notify_all();
+            }
+        });
+    } catch (const std::system_error& e) {
+        release();
+        refuse_connection(
+            *shared, Error(Errc::busy, "the agent cannot start a thread for this connection: " + printable(e.what()),
+                           "retry shortly; check the agent's limits (LimitNPROC=, TasksMax=)"));
+    }
+}
+
+bool Server::enter_request(int fd)
+{
+    const std::lock_guard lock(mutex_);
+    auto& c = connections_.at(fd);
+    c.in_request = true;
+    return !stopping_;
+}
+
+bool Server::leave_request(int fd)
+{
+    const std::lock_guard lock(mutex_);
+    auto& c = connections_.at(fd);
+    c.in_request = false;
+    return !c.abandoned;
+}
+
+void Server::serve_connection(const FileDescriptor& conn, const Peer& peer)
+{
+    const auto accepted = std::chrono::steady_clock::now();
+    const bool root = peer.uid == 0;
+    const auto deadline = accepted + std::chrono::seconds(kNonRootLifetimeSeconds);
+    const timeval send_tv{kIdleTimeoutSeconds, 0};
+    (void)setsockopt(conn.get(), SOL_SOCKET, SO_SNDTIMEO, &send_tv, sizeof(send_tv));
+    std::map<Errc, RefusalCount> refusals;
+    ScopeExit summary([&refusals, &peer] {
+        for (const auto& [code, r] : refusals) {
+            report_refusals(peer, r.op, code, r.count, r.message);
+        }
+    });
     std::vector<char> buf(proto::kMaxMessage + 1);
     for (;;) {
+        // Root's connection: the idle timer. Anyone else's: also its lifetime.
+        auto wait = std::chrono::microseconds(std::chrono::seconds(kIdleTimeoutSeconds));
+        if (!root) {
+            const auto left =
+                std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                log_debug("closing the connection of " + peer_text(peer) + ": its " +
+                          std::to_string(kNonRootLifetimeSeconds) + " s are up");
+                return;
+            }
+            wait = std::min(wait, left);
+        }
+        const timeval tv{static_cast<time_t>(wait.count() / 1000000),
+                         static_cast<suseconds_t>(std::max<long long>(wait.count() % 1000000, 1))};
+        (void)setsockopt(conn.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         const ssize_t n = recv(conn.get(), buf.data(), buf.size(), MSG_TRUNC);
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
-            return;  // peer closed, idle timeout, or error
+            return;  // peer closed, idle timeout, lifetime over, stopping, or error
         }
-        std::string response;
-        if (static_cast<std::size_t>(n) > proto::kMaxMessage) {
-            response = proto::encode_error(
-                Error(Errc::protocol, "request is larger than " + std::to_string(proto::kMaxMessage) + " bytes"));
+        Handled h;
+        if (!enter_request(conn.get())) {
+            h.response = proto::encode_error(
+                Error(Errc::agent_unavailable, "the agent is stopping", "run it again when the agent is back"));
+        } else if (static_cast<std::size_t>(n) > proto::kMaxMessage) {
+            h.refused = Errc::protocol;
+            h.message = "request is larger than " + std::to_string(proto::kMaxMessage) + " bytes";
+            h.response = proto::encode_error(Error(Errc::protocol, h.message));
         } else {
-            response = handle_request(cfg_, peer, std::string_view(buf.data(), static_cast<std::size_t>(n)), started_);
+            try {
+                h = handle(cfg_, state_, peer, std::string_view(buf.data(), static_cast<std::size_t>(n)));
+            } catch (...) {  // the last resort: answer, log, serve on
+                h = Handled{};
+                h.response = proto::encode_error(Error(Errc::internal, "unexpected failure handling the request",
+                                                       "the agent's log may say more; please report it"));
+                log_error("request from " + peer_text(peer) + ": unexpected failure");
+            }
         }
-        if (send(conn.get(), response.data(), response.size(), MSG_NOSIGNAL) < 0) {
+        if (h.refused) {
+            RefusalCount& r = refusals[*h.refused];
+            if (r.count++ == 0) {
+                r.op = h.op.empty() ? "?" : h.op;
+                r.message = h.message;
+            }
+        }
+        if (!leave_request(conn.get())) {
+            return;  // the stop path has answered this caller
+        }
+        if (send(conn.get(), h.response.data(), h.response.size(), MSG_NOSIGNAL) < 0) {
             log_warning(errno_text("sending a response to " + peer_text(peer), errno));
             return;
         }

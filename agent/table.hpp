@@ -33,9 +33,11 @@ std::optional<std::string> disk_id_from_dm_uuid(std::string_view uuid);
 // "/dev/mapper/diskcrypt-<disk-id>".
 std::string mapped_path(std::string_view disk_id);
 
-// "diskcrypt:<luks-uuid>:<16 random hex digits>".
+// "diskcrypt:<luks-uuid>:<16 random hex digits>"; Error(header) unless the
+// UUID has the canonical form.
 std::string new_key_description(std::string_view luks_uuid);
-// The LUKS UUID inside a key description of ours, or nothing.
+// The LUKS UUID inside a key description of ours, or nothing (also when the
+// UUID there is not in the canonical form).
 std::optional<std::string> luks_uuid_from_key_description(std::string_view description);
 
 struct CryptTable {
@@ -58,8 +60,10 @@ struct CryptTable {
 // refuses (Error(header)) ciphers other than aes-xts-plain64 with a 512-bit
 // key, and (Error(device)) a device smaller than the data offset plus one
 // sector or whose data area is not a multiple of the sector size.
+// `allow_discards` is the attach's decision (the caller's request, permitted
+// by the disk type's profile); the header's persistent flag is ignored.
 CryptTable table_from_header(const DiskHeader& header, unsigned major, unsigned minor, std::uint64_t device_bytes,
-                             std::string key_description);
+                             std::string key_description, bool allow_discards = false);
 
 // Parses the parameters `dmsetup table` shows for one of our mappings;
 // nothing if they do not have the shape params() writes.

@@ -7,6 +7,7 @@
 
 #include "agent/encoding.hpp"
 #include "agent/error.hpp"
+#include "agent/text.hpp"
 
 namespace diskcrypt {
 
@@ -80,7 +81,16 @@ public:
         try {
             validate(v);
         } catch (const Error& e) {
-            fail("field " + name(key) + ": " + e.what());
+            std::string what = "field " + name(key);
+            what += ": ";
+            what += e.what();
+            // The validators quote values with '?' for odd bytes; show them escaped.
+            if (!is_printable(v)) {
+                what += " (the header has '";
+                what += printable(raw_bytes(v), 200);
+                what += "')";
+            }
+            fail(what);
         }
         return v;
     }
@@ -124,7 +134,14 @@ public:
 
     [[nodiscard]] std::string name(const std::string& key) const
     {
-        return "'" + (path_.empty() ? "" : path_ + ".") + key + "'";
+        std::string out = "'";
+        if (!path_.empty()) {
+            out += path_;
+            out += '.';
+        }
+        out += printable(raw_bytes(key), 200);
+        out += '\'';
+        return out;
     }
 
 private:
@@ -188,13 +205,16 @@ json parse_strict(std::string_view text)
         return true;
     };
     json j;
+    const std::string ascii = ascii_json(text);
     try {
-        j = json::parse(text.begin(), text.end(), cb);
-    } catch (const json::parse_error& e) {
-        fail(std::string("not valid JSON: ") + e.what());
+        j = json::parse(ascii.begin(), ascii.end(), cb);
+    } catch (const json::exception& e) {
+        // parse_error, or out_of_range for a number like 1e9999. The
+        // parser's message quotes the bytes it choked on.
+        fail(std::string("not valid JSON: ") + printable(e.what()));
     }
     if (duplicate) {
-        fail("duplicate field '" + dup_key + "'");
+        fail("duplicate field '" + printable(raw_bytes(dup_key), 200) + "'");
     }
     return j;
 }
@@ -281,10 +301,10 @@ Token decode_token(std::string_view text)
             fail("field 'wrap.alg' must be \"AES-256-GCM\"");
         }
         const long long adv = wrap.integer("ad_version");
-        if (adv != 1) {
-            fail("field 'wrap.ad_version' " + std::to_string(adv) + " is not supported (only 1)");
+        if (adv != 1 && adv != 2) {
+            fail("field 'wrap.ad_version' " + std::to_string(adv) + " is not supported (only 1 and 2)");
         }
-        t.ad_version = 1;
+        t.ad_version = static_cast<unsigned>(adv);
         t.wrapped.iv = wrap.base64("iv", kIvBytes);
         t.wrapped.ciphertext = wrap.base64("ciphertext", kSecretBytes);
         t.wrapped.tag = wrap.base64("tag", kTagBytes);
@@ -304,6 +324,43 @@ Token decode_token(std::string_view text)
     t.created = top.checked("created", validate_timestamp);
     top.finish();
     return t;
+}
+
+std::string ascii_json(std::string_view text)
+{
+    static constexpr std::string_view kHex = "0123456789abcdef";
+    std::string out;
+    out.reserve(text.size());
+    for (const char ch : text) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x80) {
+            out.push_back(ch);
+            continue;
+        }
+        out.append("\\u00");
+        out.push_back(kHex[c >> 4U]);
+        out.push_back(kHex[c & 0xFU]);
+    }
+    return out;
+}
+
+std::string raw_bytes(std::string_view utf8)
+{
+    std::string out;
+    out.reserve(utf8.size());
+    for (std::size_t i = 0; i < utf8.size(); ++i) {
+        const auto c = static_cast<unsigned char>(utf8[i]);
+        const bool two_byte = (c == 0xC2 || c == 0xC3) && i + 1 < utf8.size() &&
+                              (static_cast<unsigned char>(utf8[i + 1]) & 0xC0U) == 0x80U;
+        if (two_byte) {
+            const auto next = static_cast<unsigned char>(utf8[i + 1]);
+            out.push_back(static_cast<char>(((c & 0x1FU) << 6U) | (next & 0x3FU)));
+            ++i;
+        } else {
+            out.push_back(utf8[i]);  // ASCII, or a code point above 0xff: its UTF-8 bytes
+        }
+    }
+    return out;
 }
 
 std::string utc_timestamp()

@@ -39,6 +39,14 @@ struct Token {
 std::string encode_token(const Token& token);
 Token decode_token(std::string_view text);
 
+// JSON from a header may hold any bytes (libcryptsetup does not check UTF-8).
+// ascii_json() writes every byte >= 0x80 as the escape \u00XX, so the text
+// parses whatever it holds (inside strings; elsewhere it is a syntax error in
+// either form), and raw_bytes() turns a string parsed from it back into the
+// header's bytes (code points below 0x100 to one byte each), for printable().
+std::string ascii_json(std::string_view text);
+std::string raw_bytes(std::string_view utf8);
+
 // Current UTC time as "YYYY-MM-DDTHH:MM:SSZ".
 std::string utc_timestamp();
 

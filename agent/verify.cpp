@@ -1,14 +1,115 @@
 #include "agent/verify.hpp"
 
+#include <fcntl.h>
 #include <libcryptsetup.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <cerrno>
 
 #include "agent/associated_data.hpp"
 #include "agent/audit.hpp"
 #include "agent/error.hpp"
+#include "agent/text.hpp"
 
 namespace diskcrypt {
+
+namespace {
+
+std::string devno_text(dev_t d) { return std::to_string(major(d)) + ":" + std::to_string(minor(d)); }
+
+std::string kind_of(mode_t mode)
+{
+    if (S_ISDIR(mode)) {
+        return "a directory";
+    }
+    if (S_ISFIFO(mode)) {
+        return "a FIFO";
+    }
+    if (S_ISCHR(mode)) {
+        return "a character device";
+    }
+    if (S_ISSOCK(mode)) {
+        return "a socket";
+    }
+    if (S_ISREG(mode)) {
+        return "a regular file";
+    }
+    return "another kind of file";
+}
+
+// "cipher aes-xts-plain64, 512-bit key, sector size 4096, ..." (the header's
+// values are printable already).
+std::string mapping_text(const DiskHeader& h)
+{
+    std::string out = "cipher " + h.cipher;
+    out += ", " + std::to_string(h.volume_key_bytes * 8) + "-bit key";
+    out += ", sector size " + std::to_string(h.sector_size);
+    out += ", data offset " + std::to_string(h.data_offset);
+    out += ", IV tweak " + std::to_string(h.iv_offset);
+    out += ", disk type " + h.token.disk_type;
+    return out;
+}
+
+}  // namespace
+
+// NOLINTBEGIN(cppcoreguidelines-pro-type-vararg): open and ioctl are C vararg APIs
+OpenedDevice open_device_once(const std::string& path, bool allow_regular)
+{
+    OpenedDevice d;
+    d.shown = printable(path);
+    if (path.empty() || path.front() != '/') {
+        throw Error(Errc::usage, "device path '" + d.shown + "' is not absolute");
+    }
+    d.fd.reset(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    if (!d.fd) {
+        const int e = errno;
+        throw Error(Errc::device, errno_text("cannot open device " + d.shown, e),
+                    e == ENOENT ? "check the device path" : "");
+    }
+    struct stat st {};
+    if (fstat(d.fd.get(), &st) != 0) {
+        throw Error(Errc::device, errno_text("cannot stat device " + d.shown, errno));
+    }
+    d.fd_path = "/proc/self/fd/" + std::to_string(d.fd.get());
+    if (S_ISBLK(st.st_mode)) {
+        d.block = true;
+        d.devno = st.st_rdev;
+        if (::ioctl(d.fd.get(), BLKGETSIZE64, &d.size) != 0) {
+            throw Error(Errc::device, errno_text("cannot read the size of " + d.shown, errno));
+        }
+        return d;
+    }
+    if (allow_regular && S_ISREG(st.st_mode)) {
+        d.size = static_cast<std::uint64_t>(st.st_size);
+        return d;
+    }
+    if (allow_regular) {
+        throw Error(Errc::device, "device " + d.shown + " is neither a block device nor a regular file (it is " +
+                                      kind_of(st.st_mode) + ")");
+    }
+    throw Error(Errc::device,
+                "device " + d.shown + " is not a block device (it is " + kind_of(st.st_mode) +
+                    "); device-mapper maps only block devices",
+                S_ISREG(st.st_mode) ? "attach a loop device over the file: losetup --find --show " + d.shown : "");
+}
+// NOLINTEND(cppcoreguidelines-pro-type-vararg)
+
+void recheck_device(const OpenedDevice& dev)
+{
+    struct stat st {};
+    if (fstat(dev.fd.get(), &st) != 0) {
+        throw Error(Errc::device, errno_text("cannot stat device " + dev.shown + " again", errno));
+    }
+    if (!S_ISBLK(st.st_mode) || st.st_rdev != dev.devno) {
+        throw Error(Errc::device,
+                    "device " + dev.shown + " changed during the operation (it was " + devno_text(dev.devno) +
+                        ", it is now " + (S_ISBLK(st.st_mode) ? devno_text(st.st_rdev) : kind_of(st.st_mode)) + ")",
+                    "nothing was attached; check what replaced the device and retry");
+    }
+}
 
 SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, const std::string& disk_id)
 {
@@ -32,10 +133,42 @@ SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, con
                         std::string(provider->type()) + " here, but the header says " + t.provider_type,
                     "provider names must mean the same KMS on every host");
     }
-    // The AD is built from the caller's disk id, never from the header alone.
-    const std::vector<std::uint8_t> ad = associated_data(disk_id, t.key);
-    SecureBuffer secret =
-        audit::kms_call("unwrap", t.key, [&] { return provider->unwrap(t.key.key_id, t.key.version, t.wrapped, ad); });
+    // The AD is built from the caller's disk id, never from the header alone;
+    // version 2 adds the mapping parameters as libcryptsetup read them.
+    std::vector<std::uint8_t> ad;
+    if (t.ad_version == 2) {
+        MappingBinding m;
+        m.cipher = header.cipher;
+        m.disk_type = t.disk_type;
+        m.volume_key_bytes = static_cast<std::uint32_t>(header.volume_key_bytes);
+        m.sector_size = header.sector_size;
+        m.data_offset = header.data_offset;
+        m.iv_tweak = header.iv_offset;
+        try {
+            ad = associated_data(disk_id, t.key, m);
+        } catch (const Error& e) {
+            throw Error(Errc::header, "device " + header.device + ": " + e.what(), "restore a header backup");
+        }
+    } else {
+        ad = associated_data(disk_id, t.key);
+    }
+    SecureBuffer secret;
+    try {
+        secret = audit::kms_call("unwrap", t.key,
+                                 [&] { return provider->unwrap(t.key.key_id, t.key.version, t.wrapped, ad); });
+    } catch (const Error& e) {
+        if (e.code() != Errc::binding || t.ad_version != 2) {
+            throw;
+        }
+        throw Error(Errc::binding,
+                    std::string(e.what()) +
+                        "; the wrap (associated data version 2) also binds the header's mapping parameters and disk "
+                        "type (" +
+                        mapping_text(header) +
+                        "): either the disk id is wrong or the header's mapping parameters or disk type do not "
+                        "match what was wrapped",
+                    "check the disk id; if it is right, the header was edited: restore a header backup");
+    }
     if (secret.size() != kSecretBytes) {
         throw Error(Errc::header, "device " + header.device + ": the unwrapped secret has " +
                                       std::to_string(secret.size()) + " bytes, not " + std::to_string(kSecretBytes));
@@ -46,10 +179,9 @@ SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, con
 VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args)
 {
     validate_disk_id(args.disk_id);
-    if (args.device.empty() || args.device.front() != '/') {
-        throw Error(Errc::usage, "device path '" + args.device + "' is not absolute");
-    }
-    const CryptDevice cd = open_luks2(args.device);
+    // Opened once: libcryptsetup reads the file checked here.
+    const OpenedDevice dev = open_device_once(args.device, true);
+    const CryptDevice cd = open_luks2(dev.fd_path, args.device);
     VerifyResult r{read_header(cd.get(), args.device)};
     if (audit::Context* ctx = audit::current()) {
         ctx->key = r.header.token.key;
@@ -60,7 +192,7 @@ VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args)
         crypt_activate_by_passphrase(cd.get(), nullptr, r.header.token.keyslot, secret.chars(), secret.size(), 0);
     if (rc < 0) {
         throw Error(Errc::header,
-                    "device " + args.device + ": the unwrapped secret does not open keyslot " +
+                    "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
                         std::to_string(r.header.token.keyslot) + (rc == -EPERM ? "" : errno_text("", -rc)),
                     "the token and the keyslot do not belong together; restore a header backup");
     }

@@ -4,6 +4,9 @@
 // opens the keyslot (check only). No secret leaves the agent.
 #pragma once
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -14,10 +17,34 @@
 
 namespace diskcrypt {
 
+// A device opened once for a whole operation: what was checked is what
+// libcryptsetup reads (through `fd_path`, /proc/self/fd/N) and what the table
+// names (`devno`, from this descriptor's fstat).
+struct OpenedDevice {
+    FileDescriptor fd;
+    std::string shown;    // the caller's path, made printable (for messages)
+    std::string fd_path;  // /proc/self/fd/N
+    bool block = false;
+    dev_t devno = 0;         // st_rdev of a block device
+    std::uint64_t size = 0;  // bytes
+};
+
+// Opens `path` (absolute; Error(usage) otherwise) with O_RDONLY | O_NONBLOCK
+// | O_CLOEXEC | O_NOCTTY, so a FIFO or a tty never blocks the thread, and
+// checks with fstat that it is a block device (or, with allow_regular, a
+// regular file): Error(device) otherwise.
+OpenedDevice open_device_once(const std::string& path, bool allow_regular);
+
+// Just before a table naming `dev.devno` is loaded: the descriptor is still
+// a block device with that number (Error(device) otherwise).
+void recheck_device(const OpenedDevice& dev);
+
 // Unwraps a header's secret for the disk the caller names. Checks first that
 // the header belongs to `disk_id` (Error(binding): "this header belongs to
 // disk X, not Y"), that its provider is configured with the same type
-// (Error(config)), then asks the KMS (a failed tag is Error(binding)).
+// (Error(config)), then asks the KMS with the AD of the token's version (a
+// failed tag is Error(binding); with version 2 the message says that the
+// header's mapping parameters or disk type may not match what was wrapped).
 SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, const std::string& disk_id);
 
 struct VerifyResult {

@@ -107,6 +107,9 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
         ->add_option("--service-account", a.attach.service_account,
                      "the service account of the VM the disk is for ([A-Za-z0-9._@-]{1,128}); audited")
         ->required();
+    attach->add_flag("--allow-discards", a.attach.allow_discards,
+                     "pass discards (TRIM) to the storage, which learns the guest's free-space map; only for disk "
+                     "types whose profile permits it; never taken from the header");
 
     auto* detach = app.add_subcommand("detach", "remove the mapping of DISK-ID");
     detach->add_option("disk-id", a.detach.disk_id, "the disk id")->required();

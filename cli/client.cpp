@@ -37,14 +37,21 @@ proto::Response call_agent(const std::string& socket_path, const std::string& re
     const timeval tv{kResponseTimeoutSeconds, 0};
     (void)setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void)setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-    if (send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) {
-        throw Error(Errc::agent_unavailable, errno_text("sending the request to " + socket_path, errno));
-    }
     std::vector<char> buf(proto::kMaxMessage + 1);
     ssize_t n = 0;
-    do {
-        n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC);
-    } while (n < 0 && errno == EINTR);
+    if (send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) {
+        const int e = errno;
+        // An agent that refuses the connection (busy, stopping) answers and
+        // closes before it reads: its answer is waiting.
+        n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC | MSG_DONTWAIT);
+        if (n <= 0) {
+            throw Error(Errc::agent_unavailable, errno_text("sending the request to " + socket_path, e));
+        }
+    } else {
+        do {
+            n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC);
+        } while (n < 0 && errno == EINTR);
+    }
     if (n < 0) {
         const int e = errno;
         throw Error(Errc::agent_unavailable,
@@ -62,6 +69,34 @@ proto::Response call_agent(const std::string& socket_path, const std::string& re
                     "the agent's response is larger than " + std::to_string(proto::kMaxMessage) + " bytes");
     }
     return proto::parse_response(std::string_view(buf.data(), static_cast<std::size_t>(n)));
+}
+
+proto::Response list_all(const std::function<proto::Response(const std::string& request)>& call)
+{
+    proto::ListArgs args;
+    nlohmann::json disks = nlohmann::json::array();
+    for (;;) {
+        proto::Response r = call(proto::encode_request("list", proto::to_json(args)));
+        if (!r.ok) {
+            return r;
+        }
+        const auto page = r.result.find("disks");
+        if (page == r.result.end() || !page->is_array()) {
+            throw Error(Errc::protocol, "the agent's list response has no 'disks' array");
+        }
+        for (auto& d : *page) {
+            disks.push_back(std::move(d));
+        }
+        const auto next = r.result.find("next");
+        if (next == r.result.end() || next->is_null()) {
+            r.result = {{"disks", std::move(disks)}};
+            return r;
+        }
+        if (!next->is_string() || page->empty() || (args.after && next->get<std::string>() <= *args.after)) {
+            throw Error(Errc::protocol, "the agent's list page does not advance (its 'next' is not after the last)");
+        }
+        args.after = next->get<std::string>();
+    }
 }
 
 }  // namespace diskcrypt::cli

@@ -1,6 +1,7 @@
 // The CLI's side of the agent protocol: one request, one response.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "agent/protocol.hpp"
@@ -15,5 +16,11 @@ inline constexpr int kResponseTimeoutSeconds = 120;
 // not answer in time, Error(permission_denied) if the socket refuses the
 // caller, Error(protocol) if the answer is malformed.
 proto::Response call_agent(const std::string& socket_path, const std::string& request);
+
+// Every attached disk: `list` page by page (each request through `call`,
+// `after` = the previous page's `next`) until a page has no `next`. Returns
+// {"disks": [all]} as one successful response, or the first error response.
+// Error(protocol) if a page does not advance (a `next` not after the last).
+proto::Response list_all(const std::function<proto::Response(const std::string& request)>& call);
 
 }  // namespace diskcrypt::cli

@@ -15,6 +15,17 @@ int main(int argc, char** argv)
         return code;
     }
     try {
+        if (args->command == cli::Command::list) {
+            // Page by page: the agent answers at most one page per request.
+            const proto::Response r =
+                cli::list_all([&](const std::string& request) { return cli::call_agent(args->socket, request); });
+            if (!r.ok) {
+                cli::print_error(r.code, r.message, r.hint, args->json, std::cout, std::cerr);
+                return exit_status(r.code);
+            }
+            cli::print_result(args->command, r.result, args->json, std::cout);
+            return 0;
+        }
         std::string request;
         switch (args->command) {
             case cli::Command::format:
@@ -33,8 +44,7 @@ int main(int argc, char** argv)
                 request = proto::encode_request("detach", proto::to_json(args->detach));
                 break;
             case cli::Command::list:
-                request = proto::encode_request("list", nlohmann::json::object());
-                break;
+                break;  // above
         }
         const proto::Response r = cli::call_agent(args->socket, request);
         if (!r.ok) {

@@ -6,11 +6,22 @@
 #include <sstream>
 #include <vector>
 
+#include "agent/text.hpp"
+
 namespace diskcrypt::cli {
 
 namespace {
 
 using nlohmann::json;
+
+// Every value the agent sent passes through here (or text()) before it is
+// printed: sanitize() keeps printable ASCII, so a header field cannot send
+// terminal escape sequences to an operator (the agent's own escapes, such as
+// "\xff", are printed as they are).
+std::string text(const json& v) { return sanitize(v.is_string() ? v.get<std::string>() : proto::dump_json(v)); }
+
+// JSON for a terminal or a pipe: ASCII only (\uXXXX escapes), never throws.
+std::string json_text(const json& j) { return j.dump(2, ' ', true, json::error_handler_t::replace); }
 
 std::string str(const json& j, const char* key)
 {
@@ -18,7 +29,7 @@ std::string str(const json& j, const char* key)
     if (it == j.end() || it->is_null()) {
         return "-";
     }
-    return it->is_string() ? it->get<std::string>() : it->dump();
+    return text(*it);
 }
 
 unsigned long long num(const json& j, const char* key)
@@ -57,7 +68,7 @@ std::string list_text(const json& r, const char* key)
     std::string s;
     if (const auto it = r.find(key); it != r.end() && it->is_array()) {
         for (const auto& h : *it) {
-            s += (s.empty() ? "" : "; ") + (h.is_string() ? h.get<std::string>() : h.dump());
+            s += (s.empty() ? "" : "; ") + text(h);
         }
     }
     return s.empty() ? "-" : s;
@@ -75,6 +86,12 @@ void disk_rows(std::ostream& out, const json& r)
     row(out, "open count", str(r, "open_count") + (r.value("suspended", false) ? " (suspended)" : ""));
     if (const auto it = r.find("holders"); it != r.end() && it->is_array() && !it->empty()) {
         row(out, "holders", list_text(r, "holders"));
+    }
+    if (const auto it = r.find("state"); it != r.end() && it->is_string()) {
+        row(out, "state", str(r, "state"));
+    }
+    if (const auto it = r.find("header_error"); it != r.end() && it->is_string()) {
+        row(out, "header", "not readable: " + str(r, "header_error"));
     }
 }
 
@@ -96,8 +113,11 @@ void disk_table(std::ostream& out, const json& disks)
                                         "SECTOR",  "OPEN",          "KEY",     "KMS KEY"};
     std::vector<std::vector<std::string>> rows{head};
     for (const auto& d : disks) {
+        const bool empty = d.contains("state") && d.at("state").is_string();
+        const bool unreadable = d.contains("header_error") && d.at("header_error").is_string();
         rows.push_back({str(d, "disk_id"), str(d, "path"), str(d, "backing_device"), human_size(num(d, "size")),
-                        str(d, "sector_size"), str(d, "open_count"), str(d, "key_state"), disk_key_text(d)});
+                        str(d, "sector_size"), str(d, "open_count"), empty ? "empty" : str(d, "key_state"),
+                        unreadable ? "header unreadable" : disk_key_text(d)});
     }
     std::vector<std::size_t> width(head.size(), 0);
     for (const auto& r : rows) {
@@ -136,23 +156,23 @@ std::string human_size(unsigned long long bytes)
 void print_error(Errc code, const std::string& message, const std::string& hint, bool json, std::ostream& out,
                  std::ostream& err)
 {
-    err << "diskcrypt: error: " << message << '\n';
+    err << "diskcrypt: error: " << sanitize(message) << '\n';
     if (!hint.empty()) {
-        err << "diskcrypt: hint: " << hint << '\n';
+        err << "diskcrypt: hint: " << sanitize(hint) << '\n';
     }
     if (json) {
         nlohmann::json e = {{"code", errc_name(code)}, {"exit", exit_status(code)}, {"message", message}};
         if (!hint.empty()) {
             e["hint"] = hint;
         }
-        out << nlohmann::json{{"ok", false}, {"error", e}}.dump(2) << '\n';
+        out << json_text(nlohmann::json{{"ok", false}, {"error", e}}) << '\n';
     }
 }
 
 void print_result(Command command, const json& r, bool json, std::ostream& out)
 {
     if (json) {
-        out << r.dump(2) << '\n';
+        out << json_text(r) << '\n';
         return;
     }
     switch (command) {
@@ -168,7 +188,7 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             row(out, "usable size", bytes_text(num(r, "usable_size")));
             if (const auto it = r.find("destroyed"); it != r.end() && it->is_array()) {
                 for (const auto& d : *it) {
-                    row(out, "destroyed", d.is_string() ? d.get<std::string>() : d.dump());
+                    row(out, "destroyed", text(d));
                 }
             }
             break;
@@ -215,7 +235,7 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
                 if (const auto it = r.find("counters"); it != r.end() && it->is_object()) {
                     std::string c;
                     for (const auto& [k, v] : it->items()) {
-                        c += (c.empty() ? "" : " ") + k + ":" + v.dump();
+                        c += (c.empty() ? "" : " ") + sanitize(k) + ":" + text(v);
                     }
                     row(out, "counters", c.empty() ? "-" : c);
                 }

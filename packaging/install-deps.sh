@@ -18,6 +18,9 @@ PACKAGES=(
 	linux-headers-amd64 bc flex bison libelf-dev
 	# lint and static analysis
 	sparse clang-format clang-tidy
+	# fuzzing (make fuzz-smoke, make fuzz): clang 14 and its runtimes, which
+	# ship libFuzzer (libclang_rt.fuzzer-x86_64.a) and the ASan/UBSan runtimes
+	clang-14 libclang-rt-14-dev
 	# guest kernel tests: emulator, guest userland, initramfs tools
 	qemu-system-x86 busybox-static kmod cryptsetup-bin dmsetup keyutils fio
 	cpio xz-utils zstd

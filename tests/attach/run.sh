@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 

@@ -11,10 +11,15 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "agent/associated_data.hpp"
 #include "agent/config.hpp"
+#include "agent/disk_lock.hpp"
 #include "agent/encoding.hpp"
 #include "agent/error.hpp"
 #include "agent/header.hpp"
@@ -67,8 +72,8 @@ public:
     void write_config(const std::string& agent_extra, const std::string& providers) const
     {
         diskcrypt::test::write_file(config,
-                                    "[agent]\nsocket = \"" + socket + "\"\ndefault_key = \"hsm:" + kKeyId + "\"\n" +
-                                        agent_extra + "\n" + providers,
+                                    "[agent]\nsocket = \"" + socket + "\"\ndefault_key = \"hsm:" + kKeyId +
+                                        "\"\nlock_dir = \"" + (dir / "lock") + "\"\n" + agent_extra + "\n" + providers,
                                     0600);
     }
 
@@ -658,4 +663,272 @@ TEST_CASE("e2e: a format that fails while writing the header leaves no header th
     CHECK_THAT(r.err, Contains("the header area of " + img + " was zeroed: no partial header remains"));
     CHECK(run({"cryptsetup", "isLuks", img}).status != 0);
     CHECK(run({"blkid", "-p", img}).status == 2);  // no signature at all
+}
+
+// ---------------------------------------------------------------------------
+// Hostile storage: headers edited as anyone who can write the volume can.
+
+namespace {
+
+// A World whose agent writes audit events to a file, with one formatted disk.
+struct HostileWorld {
+    HostileWorld()
+    {
+        w.write_config("[audit]\nfile = \"" + audit + "\"\njournal = \"never\"\n", w.hsm.provider_toml());
+        w.start();
+        make_image(img, 16 * kMiB);
+        w.cli_ok({"format", img, "--disk-id", "disk-h", "--type", "network-ssd-io-m3"});
+    }
+
+    [[nodiscard]] json metadata() const { return json::parse(diskcrypt::test::read_luks2(img).json); }
+
+    void set_metadata(const std::string& text) const
+    {
+        diskcrypt::test::Luks2Header h = diskcrypt::test::read_luks2(img);
+        h.json = text;
+        diskcrypt::test::write_luks2(img, h);
+    }
+
+    [[nodiscard]] int unwrap_events() const
+    {
+        int n = 0;
+        std::istringstream in(diskcrypt::test::read_file(audit));
+        std::string line;
+        while (std::getline(in, line)) {
+            n += json::parse(line).at("event") == "unwrap" ? 1 : 0;
+        }
+        return n;
+    }
+
+    // verify answers `status` quickly with `text` in its message, asks the KMS
+    // nothing, and the agent keeps serving.
+    void refused(int status, const std::string& text)
+    {
+        const int before = unwrap_events();
+        const auto t0 = std::chrono::steady_clock::now();
+        const Result r = w.cli({"verify", img, "--disk-id", "disk-h"});
+        const auto ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        INFO("stderr: " << r.err << "\nagent log:\n" << diskcrypt::test::read_file(w.log));
+        CHECK(r.status == status);
+        CHECK_THAT(r.err, Contains(text));
+        CHECK(ms < 5000);
+        if (status == 7) {
+            CHECK(unwrap_events() == before);
+        }
+        CHECK(w.cli({"status"}).status == 0);
+    }
+
+    World w;
+    std::string audit = w.dir / "audit.jsonl";
+    std::string img = w.dir / "hostile.img";
+};
+
+}  // namespace
+
+TEST_CASE("e2e hostile header: what format writes is what read_header accepts", "[e2e][hostile]")
+{
+    HostileWorld h;
+    const json m = h.metadata();
+    CHECK(m.at("keyslots").size() == 1);
+    CHECK(m.at("keyslots").at("0").at("kdf").at("iterations") == diskcrypt::kPbkdfIterations);
+    CHECK(m.at("digests").at("0").at("iterations") == diskcrypt::kDigestIterations);
+    CHECK(m.at("keyslots").at("0").at("area").at("size") == std::to_string(diskcrypt::kKeyslotAreaBytes));
+    CHECK(diskcrypt::check_layout(m.dump(), "img") == 0);
+    const json token = json::parse(run_ok({"cryptsetup", "token", "export", "--token-id", "0", h.img}).out);
+    CHECK(token.at("wrap").at("ad_version") == 2);
+    h.w.cli_ok({"verify", h.img, "--disk-id", "disk-h"});
+    CHECK(h.unwrap_events() >= 1);
+}
+
+TEST_CASE("e2e hostile header: the header does not set the price of opening it", "[e2e][hostile]")
+{
+    HostileWorld h;
+    const json good = h.metadata();
+    struct Case {
+        std::string name;
+        std::function<void(json&)> edit;
+        std::string text;
+    };
+    const std::vector<Case> cases = {
+        {"PBKDF2 at 2^31 iterations", [](json& m) { m["keyslots"]["0"]["kdf"]["iterations"] = 2147483648U; },
+         "field 'keyslots.0.kdf.iterations' is 2147483648, not 1000"},
+        {"argon2id with 4 GiB",
+         [](json& m) {
+             const json salt = m["keyslots"]["0"]["kdf"]["salt"];
+             m["keyslots"]["0"]["kdf"] =
+                 json{{"type", "argon2id"}, {"time", 4}, {"memory", 4194304}, {"cpus", 4}, {"salt", salt}};
+         },
+         "field 'keyslots.0.kdf.type' is 'argon2id', not 'pbkdf2'"},
+        {"PBKDF2 with another hash", [](json& m) { m["keyslots"]["0"]["kdf"]["hash"] = "sha512"; },
+         "field 'keyslots.0.kdf.hash' is 'sha512', not 'sha256'"},
+        {"digest at 2^31 iterations", [](json& m) { m["digests"]["0"]["iterations"] = 2147483648U; },
+         "field 'digests.0.iterations' is 2147483648, not 1000"},
+        {"two keyslots",
+         [](json& m) {
+             json second = m["keyslots"]["0"];
+             second["area"]["offset"] = std::to_string(32768 + diskcrypt::kKeyslotAreaBytes);
+             m["keyslots"]["1"] = second;
+             m["digests"]["0"]["keyslots"] = json::array({"0", "1"});
+         },
+         "field 'keyslots' holds 2 keyslots; diskcrypt writes exactly one"},
+        {"other AF stripes", [](json& m) { m["keyslots"]["0"]["af"]["stripes"] = 2000; },
+         "field 'keyslots.0.af.stripes' is 2000, not 4000"},
+        {"another keyslot cipher", [](json& m) { m["keyslots"]["0"]["area"]["encryption"] = "aes-cbc-essiv:sha256"; },
+         "field 'keyslots.0.area.encryption' is 'aes-cbc-essiv:sha256', not 'aes-xts-plain64'"},
+        {"a smaller keyslot area", [](json& m) { m["keyslots"]["0"]["area"]["size"] = "131072"; },
+         "field 'keyslots.0.area.size' is '131072', not '258048'"},
+        {"a second segment",
+         [](json& m) {
+             m["segments"]["0"]["size"] = "4194304";
+             json second = m["segments"]["0"];
+             second["offset"] = "5242880";
+             second["size"] = "dynamic";
+             second["iv_tweak"] = "8192";
+             m["segments"]["1"] = second;
+             m["digests"]["0"]["segments"] = json::array({"0", "1"});
+         },
+         "field 'segments' holds 2 segments; diskcrypt writes exactly one"},
+        {"data elsewhere", [](json& m) { m["segments"]["0"]["offset"] = "2097152"; },
+         "field 'segments.0.offset' is '2097152', not '1048576'"},
+        {"an IV tweak", [](json& m) { m["segments"]["0"]["iv_tweak"] = "8"; },
+         "field 'segments.0.iv_tweak' is '8', not '0'"},
+        {"a requirement (reencryption)",
+         [](json& m) {
+             m["config"]["requirements"] = json{{"mandatory", json::array({"online-reencrypt-v9"})}};
+         },
+         "requirements"},
+    };
+    for (const auto& c : cases) {
+        SECTION(c.name)
+        {
+            json m = good;
+            c.edit(m);
+            h.set_metadata(m.dump());
+            h.refused(7, c.text);
+        }
+    }
+}
+
+TEST_CASE("e2e hostile header: bytes that are not text are escaped, the agent keeps serving", "[e2e][hostile]")
+{
+    HostileWorld h;
+    SECTION("the segment's cipher")
+    {
+        std::string text = h.metadata().dump();
+        const std::string cipher = R"("encryption":"aes-xts-plain64","iv_tweak")";
+        const auto at = text.find(cipher);
+        REQUIRE(at != std::string::npos);
+        text.replace(at, cipher.size(), "\"encryption\":\"aes-xts-plain64\xff\",\"iv_tweak\"");
+        h.set_metadata(text);
+        h.refused(7, "field 'segments.0.encryption' is 'aes-xts-plain64\\xff', not 'aes-xts-plain64'");
+    }
+    SECTION("the LUKS2 subsystem (stock cryptsetup)")
+    {
+        run_ok({"cryptsetup", "config", "--subsystem", "\xff\x1b[2J", h.img});
+        h.refused(7, "that is not a diskcrypt disk (subsystem '\\xff\\x1b[2J')");
+    }
+    SECTION("the token's created field (stock cryptsetup)")
+    {
+        json token = json::parse(run_ok({"cryptsetup", "token", "export", "--token-id", "0", h.img}).out);
+        std::string text = token.dump();
+        const std::string created = R"("created":")" + token.at("created").get<std::string>() + "\"";
+        text.replace(text.find(created), created.size(), "\"created\":\"\xff\"");
+        run_ok({"cryptsetup", "token", "import", "--token-id", "0", "--token-replace", "--json-file", "-", h.img}, {},
+               text);
+        h.refused(7, "field 'created': expected a UTC time as YYYY-MM-DDTHH:MM:SSZ (the header has '\\xff')");
+    }
+    SECTION("the LUKS2 UUID")
+    {
+        diskcrypt::test::Luks2Header l = diskcrypt::test::read_luks2(h.img);
+        l.uuid = "../x\xff";
+        diskcrypt::test::write_luks2(h.img, l);
+        h.refused(7, "the LUKS2 UUID '../x\\xff' is not in the canonical form");
+    }
+    SECTION("a FIFO instead of a device answers at once")
+    {
+        const std::string fifo = h.w.dir / "fifo";
+        REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+        const Result r =
+            run({DISKCRYPT_CLI_BIN, "--socket", h.w.socket, "verify", fifo, "--disk-id", "disk-h"}, {}, {}, 15);
+        CHECK(r.status == 5);
+        CHECK_THAT(r.err, Contains("is neither a block device nor a regular file (it is a FIFO)"));
+        CHECK(h.w.cli({"status"}).status == 0);
+    }
+}
+
+TEST_CASE("e2e hostile header: the AD binds the mapping parameters (version 2)", "[e2e][hostile][ad]")
+{
+    HostileWorld h;
+    const std::string bound = "the header's mapping parameters or disk type do not match what was wrapped";
+    SECTION("another sector size")
+    {
+        json m = h.metadata();
+        m["segments"]["0"]["sector_size"] = 512;
+        h.set_metadata(m.dump());
+        h.refused(11, bound);
+    }
+    SECTION("another disk type")
+    {
+        json token = json::parse(run_ok({"cryptsetup", "token", "export", "--token-id", "0", h.img}).out);
+        token["disk"]["type"] = "network-ssd";
+        run_ok({"cryptsetup", "token", "import", "--token-id", "0", "--token-replace", "--json-file", "-", h.img}, {},
+               token.dump());
+        h.refused(11, bound);
+    }
+}
+
+TEST_CASE("e2e hostile header: a version 1 token still opens", "[e2e][hostile][ad]")
+{
+    HostileWorld h;
+    const SecureBuffer secret = unwrap_here(h.w, h.img, "disk-h");
+    // Rewrap the same secret with the version 1 AD, as format wrote it before.
+    const diskcrypt::AgentConfig cfg = diskcrypt::load_config(h.w.config);
+    diskcrypt::Token token =
+        diskcrypt::decode_token(run_ok({"cryptsetup", "token", "export", "--token-id", "0", h.img}).out);
+    token.ad_version = 1;
+    token.wrapped = cfg.provider("hsm")->wrap(token.key.key_id, token.key.version, secret.span(),
+                                              diskcrypt::associated_data("disk-h", token.key));
+    run_ok({"cryptsetup", "token", "import", "--token-id", "0", "--token-replace", "--json-file", "-", h.img}, {},
+           diskcrypt::encode_token(token));
+    h.w.cli_ok({"verify", h.img, "--disk-id", "disk-h"});
+    // Version 1 leaves the sector size unbound: documented, and still opens.
+    json m = h.metadata();
+    m["segments"]["0"]["sector_size"] = 512;
+    h.set_metadata(m.dump());
+    h.w.cli_ok({"verify", h.img, "--disk-id", "disk-h"});
+}
+
+TEST_CASE("e2e: format takes the disk lock like every other operation", "[e2e][lock]")
+{
+    World w;
+    const std::string locks = w.dir / "lock";  // World's lock_dir
+    w.start();
+    const std::string img = w.dir / "locked.img";
+    make_image(img, 16 * kMiB);
+    auto held = std::make_unique<diskcrypt::FileLock>(diskcrypt::lock_disk(locks, "disk-l"));
+    auto format = std::async(std::launch::async, [&] {
+        return run(
+            {DISKCRYPT_CLI_BIN, "--socket", w.socket, "format", img, "--disk-id", "disk-l", "--type", "network-ssd"});
+    });
+    CHECK(format.wait_for(std::chrono::milliseconds(1500)) == std::future_status::timeout);
+    held.reset();
+    const Result r = format.get();
+    INFO(r.err);
+    CHECK(r.status == 0);
+}
+
+TEST_CASE("e2e hostile header: a token of another type never loads its plugin", "[e2e][hostile]")
+{
+    HostileWorld h;
+    // A systemd-pkcs11 token, whose plugin this host has installed.
+    run_ok({"cryptsetup", "token", "import", "--json-file", "-", h.img}, {},
+           R"({"type":"systemd-pkcs11","keyslots":[],"pkcs11-uri":"pkcs11:token=x","pkcs11-key":"AAAA"})");
+    // In this process, without crypt_token_external_disable(): read_header
+    // itself must not make libcryptsetup load libcryptsetup-token-*.so.
+    const diskcrypt::CryptDevice cd = diskcrypt::open_luks2(h.img);
+    const diskcrypt::DiskHeader header = diskcrypt::read_header(cd.get(), h.img);
+    CHECK(header.token.disk_id == "disk-h");
+    CHECK_FALSE(diskcrypt::test::contains(diskcrypt::test::read_file("/proc/self/maps"), "libcryptsetup-token-"));
+    h.w.cli_ok({"verify", h.img, "--disk-id", "disk-h"});
 }

@@ -1,6 +1,7 @@
 #include "tests/support/support.hpp"
 
 #include <fcntl.h>
+#include <openssl/sha.h>
 #include <poll.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -289,6 +290,72 @@ bool wait_for_path(const std::string& path, int timeout_s)
 bool contains(const std::string& haystack, const std::string& needle)
 {
     return haystack.find(needle) != std::string::npos;
+}
+
+namespace {
+
+// The LUKS2 binary header (cryptsetup's struct luks2_hdr_disk): hdr_size at
+// 8 (u64 big-endian), uuid at 168 (40 bytes), checksum at 448 (64 bytes),
+// the JSON from 4096 to hdr_size; the second copy at hdr_size.
+constexpr std::size_t kHdrSizeAt = 8;
+constexpr std::size_t kUuidAt = 168;
+constexpr std::size_t kUuidBytes = 40;
+constexpr std::size_t kCsumAt = 448;
+constexpr std::size_t kCsumBytes = 64;
+constexpr std::size_t kJsonAt = 4096;
+
+std::size_t hdr_size(const std::vector<std::uint8_t>& image)
+{
+    REQUIRE(image.size() >= kJsonAt);
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < 8; ++i) {
+        n = (n << 8U) | image[kHdrSizeAt + i];
+    }
+    REQUIRE(n > kJsonAt);
+    REQUIRE(image.size() >= 2 * n);
+    return static_cast<std::size_t>(n);
+}
+
+std::string c_string(const std::uint8_t* p, std::size_t max)
+{
+    std::size_t n = 0;
+    while (n < max && p[n] != 0) {
+        ++n;
+    }
+    return {reinterpret_cast<const char*>(p), n};  // NOLINT(cppcoreguidelines-pro-type-reinterpret-cast)
+}
+
+}  // namespace
+
+Luks2Header read_luks2(const std::string& image)
+{
+    const std::vector<std::uint8_t> bytes = read_bytes(image);
+    const std::size_t size = hdr_size(bytes);
+    return {c_string(bytes.data() + kJsonAt, size - kJsonAt), c_string(bytes.data() + kUuidAt, kUuidBytes)};
+}
+
+void write_luks2(const std::string& image, const Luks2Header& header)
+{
+    std::vector<std::uint8_t> bytes = read_bytes(image);
+    const std::size_t size = hdr_size(bytes);
+    REQUIRE(header.json.size() < size - kJsonAt);
+    REQUIRE(header.uuid.size() < kUuidBytes);
+    for (const std::size_t copy : {std::size_t{0}, size}) {
+        std::uint8_t* h = bytes.data() + copy;
+        std::fill(h + kUuidAt, h + kUuidAt + kUuidBytes, 0);
+        std::copy(header.uuid.begin(), header.uuid.end(), h + kUuidAt);
+        std::fill(h + kJsonAt, h + size, 0);
+        std::copy(header.json.begin(), header.json.end(), h + kJsonAt);
+        std::fill(h + kCsumAt, h + kCsumAt + kCsumBytes, 0);
+        std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
+        SHA256(h, size, digest.data());
+        std::copy(digest.begin(), digest.end(), h + kCsumAt);
+    }
+    const int fd = ::open(image.c_str(), O_WRONLY | O_CLOEXEC);  // NOLINT(cppcoreguidelines-pro-type-vararg)
+    REQUIRE(fd >= 0);
+    const auto n = pwrite(fd, bytes.data(), 2 * size, 0);
+    ::close(fd);
+    REQUIRE(n == static_cast<ssize_t>(2 * size));
 }
 
 }  // namespace diskcrypt::test

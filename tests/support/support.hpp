@@ -75,4 +75,14 @@ std::vector<std::string> list_files(const std::string& dir);
 bool wait_for_path(const std::string& path, int timeout_s = 10);
 bool contains(const std::string& haystack, const std::string& needle);
 
+// A LUKS2 header in an image file, edited as an attacker with write access to
+// the storage would: the metadata JSON and the UUID of both header copies are
+// rewritten with fresh SHA-256 checksums, so libcryptsetup loads the result.
+struct Luks2Header {
+    std::string json;  // the metadata JSON (any bytes)
+    std::string uuid;  // the binary header's UUID field (any bytes, < 40)
+};
+Luks2Header read_luks2(const std::string& image);
+void write_luks2(const std::string& image, const Luks2Header& header);
+
 }  // namespace diskcrypt::test

@@ -28,6 +28,7 @@ int main(int argc, char** argv)
     const std::string disk_id = argv[4];
     try {
         set_log_program("diskcrypt-test-unwrap");
+        crypt_token_external_disable();  // as the agent: a header never loads a plugin
         const AgentConfig cfg = load_config(argv[2]);
         const CryptDevice cd = open_luks2(device);
         const DiskHeader header = read_header(cd.get(), device);

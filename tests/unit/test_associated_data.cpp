@@ -52,3 +52,74 @@ TEST_CASE("associated data: invalid fields are refused", "[ad]")
     CHECK_THROWS_WITH(associated_data("d", KeyRef{"hsm", "", "1"}), Contains("invalid key id"));
     CHECK_THROWS_WITH(associated_data("d", KeyRef{"hsm", "k", ""}), Contains("invalid key version"));
 }
+
+namespace {
+
+diskcrypt::MappingBinding mapping()
+{
+    diskcrypt::MappingBinding m;
+    m.cipher = "aes-xts-plain64";
+    m.disk_type = "network-ssd";
+    m.volume_key_bytes = 64;
+    m.sector_size = 4096;
+    m.data_offset = 1048576;
+    m.iv_tweak = 0;
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("associated data version 2: fixed vector", "[ad]")
+{
+    CHECK(diskcrypt::kAssociatedDataVersion == 2);
+    CHECK(hex_encode(associated_data("disk-1", KeyRef{"hsm", "disk-key-01", "1"}, mapping())) ==
+          "6469736b63727970742d6b6d732d6164"  // diskcrypt-kms-ad
+          "0002"                              // separator, version 2
+          "0006"
+          "6469736b2d31"  // disk-1
+          "0003"
+          "68736d"  // hsm
+          "000b"
+          "6469736b2d6b65792d3031"  // disk-key-01
+          "0001"
+          "31"  // 1
+          "000f"
+          "6165732d7874732d706c61696e3634"  // aes-xts-plain64
+          "000b"
+          "6e6574776f726b2d737364"  // network-ssd
+          "00000040"                // volume key: 64 bytes
+          "00001000"                // sector size 4096
+          "0000000000100000"        // data offset 1048576 bytes
+          "0000000000000000");      // IV tweak 0
+}
+
+TEST_CASE("associated data version 2: every mapping parameter changes the bytes", "[ad]")
+{
+    const KeyRef key{"hsm", "k1", "1"};
+    const auto base = associated_data("disk-1", key, mapping());
+    CHECK(base != associated_data("disk-1", key));
+    auto m = mapping();
+    m.cipher = "aes-xts-plain";
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.disk_type = "network-hdd";
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.volume_key_bytes = 32;
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.sector_size = 512;
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.data_offset = 2097152;
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.iv_tweak = 8;
+    CHECK(associated_data("disk-1", key, m) != base);
+    m = mapping();
+    m.cipher = "";
+    CHECK_THROWS_WITH(associated_data("disk-1", key, m), Catch::Matchers::Contains("invalid cipher"));
+    m = mapping();
+    m.disk_type = "Network SSD";
+    CHECK_THROWS_WITH(associated_data("disk-1", key, m), Catch::Matchers::Contains("invalid disk type"));
+}

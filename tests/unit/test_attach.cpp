@@ -1,6 +1,9 @@
 // What attach builds without device-mapper: names and dm uuids, the table
 // from a LUKS2 header (and back), key descriptions, the disk lock, audit
 // events, the new protocol ops.
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
@@ -12,6 +15,7 @@
 #include "agent/error.hpp"
 #include "agent/protocol.hpp"
 #include "agent/table.hpp"
+#include "agent/verify.hpp"
 #include "tests/support/support.hpp"
 
 using Catch::Matchers::Contains;
@@ -95,14 +99,17 @@ TEST_CASE("attach: the table mirrors the LUKS2 segment", "[attach]")
         CHECK(t.params() == "aes-xts-plain64 :64:logon:diskcrypt:u:0011 0 8:0 2048 1 sector_size:4096");
         CHECK_FALSE(t.iv_large_sectors);
     }
-    SECTION("IV offset and persistent allow-discards")
+    SECTION("IV offset; discards are the attach's decision, never the header's persistent flag")
     {
         DiskHeader h = header(512);
         h.iv_offset = 8;
         h.allow_discards = true;
-        const CryptTable t = diskcrypt::table_from_header(h, 8, 1, 3ULL << 20U, "k");
-        CHECK(t.params() == "aes-xts-plain64 :64:logon:k 8 8:1 2048 1 allow_discards");
-        CHECK(t.length == 4096);
+        const CryptTable no = diskcrypt::table_from_header(h, 8, 1, 3ULL << 20U, "k");
+        CHECK(no.params() == "aes-xts-plain64 :64:logon:k 8 8:1 2048");
+        CHECK(no.length == 4096);
+        h.allow_discards = false;
+        const CryptTable yes = diskcrypt::table_from_header(h, 8, 1, 3ULL << 20U, "k", true);
+        CHECK(yes.params() == "aes-xts-plain64 :64:logon:k 8 8:1 2048 1 allow_discards");
     }
 }
 
@@ -130,8 +137,8 @@ TEST_CASE("attach: segments diskcrypt does not map are refused", "[attach]")
 TEST_CASE("attach: tables parse back from dmsetup table", "[attach]")
 {
     DiskHeader h = header(4096);
-    h.allow_discards = true;
-    const CryptTable t = diskcrypt::table_from_header(h, 254, 16, 64ULL << 20U, "diskcrypt:" + h.luks_uuid + ":ab");
+    const CryptTable t =
+        diskcrypt::table_from_header(h, 254, 16, 64ULL << 20U, "diskcrypt:" + h.luks_uuid + ":ab", true);
     const auto back = diskcrypt::parse_table_params(t.length, t.params());
     REQUIRE(back.has_value());
     CHECK(back->params() == t.params());
@@ -292,4 +299,63 @@ TEST_CASE("protocol: attach, detach, list and status requests", "[protocol][atta
             CHECK(std::string(e.what()) == message);
         }
     }
+}
+
+TEST_CASE("attach: LUKS2 UUIDs must have the canonical form", "[attach][uuid]")
+{
+    CHECK(diskcrypt::is_luks_uuid("d6925b77-1bab-4d6a-b5f4-f83896e1f896"));
+    CHECK(diskcrypt::is_luks_uuid("D6925B77-1BAB-4D6A-B5F4-F83896E1F896"));
+    for (const std::string& bad : std::vector<std::string>{
+             "", "d6925b77", "d6925b77-1bab-4d6a-b5f4-f83896e1f89", "d6925b77-1bab-4d6a-b5f4-f83896e1f8966",
+             "d6925b77x1bab-4d6a-b5f4-f83896e1f896", "g6925b77-1bab-4d6a-b5f4-f83896e1f896",
+             "d6925b77-1bab-4d6a-b5f4-f83896e1f 96", "d6925b77-1bab-4d6a-b5f4-f83896e1f89\xff"}) {
+        INFO(bad);
+        CHECK_FALSE(diskcrypt::is_luks_uuid(bad));
+        CHECK_THROWS_AS(diskcrypt::new_key_description(bad), Error);
+        CHECK_FALSE(diskcrypt::luks_uuid_from_key_description("diskcrypt:" + bad + ":0011223344556677").has_value());
+    }
+    std::string message;
+    CHECK(code_of([] { diskcrypt::validate_luks_uuid("a b\xff", "device /dev/vdb"); }, message) == Errc::header);
+    CHECK_THAT(message, Contains("device /dev/vdb: the LUKS2 UUID 'a b\\xff' is not in the canonical form"));
+}
+
+TEST_CASE("attach: each disk type's profile says whether discards are allowed", "[attach][discards]")
+{
+    for (const auto& t : diskcrypt::disk_types()) {
+        INFO(t.name);
+        const bool ssd = t.encryptable && t.name.find("ssd") != std::string_view::npos;
+        CHECK(t.discards == ssd);
+        CHECK_THAT(std::string(t.profile), Contains(t.discards ? "discards on request" : ""));
+    }
+}
+
+TEST_CASE("attach: the device is opened once, without blocking, and must stay the same", "[attach][device]")
+{
+    const diskcrypt::test::TempDir dir;
+    const std::string fifo = dir / "fifo";
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    std::string message;
+    // A FIFO with no writer: the open must not block (O_NONBLOCK) and the answer is a device error.
+    auto answer = std::async(std::launch::async,
+                             [&] { return code_of([&] { (void)diskcrypt::open_device_once(fifo, true); }, message); });
+    REQUIRE(answer.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    CHECK(answer.get() == Errc::device);
+    CHECK_THAT(message, Contains("is neither a block device nor a regular file (it is a FIFO)"));
+    CHECK(code_of([&] { (void)diskcrypt::open_device_once(fifo, false); }, message) == Errc::device);
+    CHECK_THAT(message, Contains("is not a block device (it is a FIFO)"));
+    CHECK(code_of([] { (void)diskcrypt::open_device_once("/dev/null", false); }, message) == Errc::device);
+    CHECK_THAT(message, Contains("is not a block device (it is a character device)"));
+    CHECK(code_of([] { (void)diskcrypt::open_device_once("dev/vdb", false); }, message) == Errc::usage);
+    // Paths are quoted escaped.
+    CHECK(code_of([&] { (void)diskcrypt::open_device_once(dir / "no\xff", false); }, message) == Errc::device);
+    CHECK_THAT(message, Contains("no\\xff"));
+    // A regular file where verify accepts it; the recheck wants the block device it recorded.
+    const std::string file = dir / "file";
+    diskcrypt::test::write_file(file, "x");
+    diskcrypt::OpenedDevice d = diskcrypt::open_device_once(file, true);
+    CHECK_FALSE(d.block);
+    CHECK(d.fd_path == "/proc/self/fd/" + std::to_string(d.fd.get()));
+    d.devno = makedev(8, 0);
+    CHECK(code_of([&] { diskcrypt::recheck_device(d); }, message) == Errc::device);
+    CHECK_THAT(message, Contains("changed during the operation (it was 8:0, it is now a regular file)"));
 }

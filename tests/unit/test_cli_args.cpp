@@ -1,14 +1,27 @@
 // The CLI's argument parsing, with argv vectors.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <sstream>
 
+#include "agent/protocol.hpp"
 #include "cli/args.hpp"
+#include "cli/client.hpp"
+#include "cli/output.hpp"
 
 using Catch::Matchers::Contains;
 using diskcrypt::cli::Arguments;
 using diskcrypt::cli::Command;
 
 namespace {
+
+// "d<i>", built without operator+(const char*, std::string&&) (g++ 12's
+// -Wrestrict false positive in Release builds).
+std::string numbered_disk(int i)
+{
+    std::string s = "d";
+    s += std::to_string(i);
+    return s;
+}
 
 struct Parsed {
     std::optional<Arguments> args;
@@ -220,4 +233,85 @@ TEST_CASE("cli: attach and detach usage errors exit 2", "[cli][attach]")
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains(text));
     }
+}
+
+TEST_CASE("cli: text output escapes what the agent sends (no terminal escapes)", "[cli][hostile-peer]")
+{
+    const std::string evil = std::string("\x1b[31mred\x1b]0;title\x07 \xff");
+    const nlohmann::json disk = {
+        {"disk_id", "d1"},        {"path", "/dev/mapper/diskcrypt-d1"},
+        {"backing_device", evil}, {"size", 4096},
+        {"sector_size", 4096},    {"open_count", 0},
+        {"key_state", "valid"},   {"key", {{"provider", "hsm"}, {"id", evil}, {"version", "1"}}},
+        {"holders", {evil}},      {"counters", {{evil, 1}}},
+        {"luks_uuid", evil}};
+    auto printable_only = [](const std::string& s) {
+        return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 0x20 && c <= 0x7e) || c == '\n'; });
+    };
+    for (const Command c :
+         {Command::list, Command::status, Command::attach, Command::detach, Command::verify, Command::format}) {
+        std::ostringstream out;
+        const nlohmann::json r = c == Command::list ? nlohmann::json{{"disks", {disk}}} : disk;
+        diskcrypt::cli::print_result(c, r, false, out);
+        INFO(out.str());
+        CHECK(printable_only(out.str()));
+    }
+    std::ostringstream list;
+    diskcrypt::cli::print_result(Command::list, {{"disks", {disk}}}, false, list);
+    CHECK_THAT(list.str(), Contains("\\x1b[31mred\\x1b]0;title\\x07 \\xff"));
+    // --json: ASCII JSON, also for bytes that are not UTF-8.
+    std::ostringstream json_out;
+    diskcrypt::cli::print_result(Command::list, {{"disks", {disk}}}, true, json_out);
+    CHECK(printable_only(json_out.str()));
+    CHECK_THAT(json_out.str(), Contains("\\u001b[31mred"));
+    // Errors: message and hint.
+    std::ostringstream out;
+    std::ostringstream err;
+    diskcrypt::cli::print_error(diskcrypt::Errc::header, evil, evil, true, out, err);
+    CHECK(printable_only(err.str()));
+    CHECK(printable_only(out.str()));
+    CHECK_THAT(err.str(), Contains("diskcrypt: error: \\x1b[31mred"));
+}
+
+TEST_CASE("cli: list follows the agent's pages into one result", "[cli][list]")
+{
+    // A fake agent: pages of 3 disks, `next` until disk 10.
+    std::vector<std::string> requests;
+    auto agent = [&requests](const std::string& request) {
+        requests.push_back(request);
+        const auto args = diskcrypt::proto::list_args(diskcrypt::proto::parse_request(request).args);
+        const int from = args.after ? std::stoi(args.after->substr(1)) + 1 : 0;
+        nlohmann::json disks = nlohmann::json::array();
+        for (int i = from; i < std::min(from + 3, 10); ++i) {
+            disks.push_back({{"disk_id", numbered_disk(i)}});
+        }
+        nlohmann::json result = {{"disks", disks}};
+        if (from + 3 < 10) {
+            result["next"] = numbered_disk(from + 2);
+        }
+        return diskcrypt::proto::parse_response(diskcrypt::proto::encode_result(result));
+    };
+    const auto r = diskcrypt::cli::list_all(agent);
+    REQUIRE(r.ok);
+    CHECK(r.result.at("disks").size() == 10);
+    CHECK(r.result.at("disks").back().at("disk_id") == "d9");
+    CHECK_FALSE(r.result.contains("next"));
+    CHECK(requests.size() == 4);
+    CHECK(requests.front() == R"({"args":{},"op":"list","protocol":1})");
+    CHECK(requests.back() == R"({"args":{"after":"d8"},"op":"list","protocol":1})");
+    // A page that does not advance is a protocol error, not a loop.
+    auto stuck = [](const std::string&) {
+        return diskcrypt::proto::parse_response(
+            diskcrypt::proto::encode_result({{"disks", {{{"disk_id", "d0"}}}}, {"next", "d0"}}));
+    };
+    CHECK_THROWS_WITH(diskcrypt::cli::list_all(stuck),
+                      "the agent's list page does not advance (its 'next' is not after the last)");
+    // An error answer is returned as it is.
+    auto refusing = [](const std::string&) {
+        return diskcrypt::proto::parse_response(
+            diskcrypt::proto::encode_error(diskcrypt::Error(diskcrypt::Errc::kernel, "no device-mapper")));
+    };
+    const auto e = diskcrypt::cli::list_all(refusing);
+    CHECK_FALSE(e.ok);
+    CHECK(e.code == diskcrypt::Errc::kernel);
 }

@@ -4,6 +4,7 @@
 
 #include "agent/error.hpp"
 #include "agent/protocol.hpp"
+#include "agent/text.hpp"
 
 using diskcrypt::Errc;
 using diskcrypt::Error;
@@ -30,14 +31,14 @@ const json kFormatArgs = {{"device", "/dev/vdb"}, {"disk_id", "d1"}, {"type", "n
 
 TEST_CASE("protocol: requests round trip", "[protocol]")
 {
-    proto::FormatArgs a;
-    a.device = "/dev/vdb";
-    a.disk_id = "d1";
-    a.type = "network-ssd-io-m3";
-    a.key = "hsm:k1";
-    a.service_account = "sa1";
-    a.sector_size = 512;
-    a.force = true;
+    const proto::FormatArgs a{.device = "/dev/vdb",
+                              .disk_id = "d1",
+                              .type = "network-ssd-io-m3",
+                              .key = "hsm:k1",
+                              .service_account = "sa1",
+                              .lineage = std::nullopt,
+                              .sector_size = 512,
+                              .force = true};
     const proto::Request r = proto::parse_request(proto::encode_request("format", proto::to_json(a)));
     CHECK(r.op == "format");
     const proto::FormatArgs b = proto::format_args(r.args);
@@ -121,4 +122,49 @@ TEST_CASE("protocol: responses", "[protocol]")
                       "response error has no 'code' and 'message' strings");
     CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":3,"ok":true,"result":{}})"),
                       "protocol version 3 is not supported (this side speaks version 1)");
+}
+
+TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable message", "[protocol][hostile-peer]")
+{
+    for (const std::string& text :
+         {std::string("\xff"), std::string(R"({"protocol":1,"op":"st)") + "\xff\xfe" + R"("})",
+          std::string(R"({"protocol":1,"op":"status","args":{")") + "\xc3\x28" + R"(":1}})"}) {
+        INFO(diskcrypt::printable(text));
+        try {
+            (void)proto::parse_request(text);
+            FAIL("accepted");
+        } catch (const Error& e) {
+            CHECK(e.code() == Errc::protocol);
+            CHECK(diskcrypt::sanitize(e.what()) == e.what());  // printable ASCII
+            // The error response can always be encoded (it could not: terminate).
+            const proto::Response r = proto::parse_response(proto::encode_error(e));
+            CHECK(r.code == Errc::protocol);
+        }
+    }
+    refused(R"({"protocol":1,"op":"\u001b[31m"})",
+            "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify)");
+    refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
+    refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
+    // An error whose message carries invalid UTF-8 is still encoded.
+    const std::string encoded = proto::encode_error(Error(Errc::header, std::string("bad \xff")));
+    CHECK(proto::parse_response(encoded).message == "bad \xef\xbf\xbd");
+    CHECK_NOTHROW(proto::encode_result({{"x", std::string("\xff")}}));
+}
+
+TEST_CASE("protocol: list takes an optional 'after'", "[protocol][list]")
+{
+    const proto::Request r = proto::parse_request(R"({"protocol":1,"op":"list","args":{"after":"disk-9"}})");
+    CHECK(proto::list_args(r.args).after == "disk-9");
+    CHECK_FALSE(proto::list_args(proto::parse_request(R"({"protocol":1,"op":"list"})").args).after);
+    refused(R"({"protocol":1,"op":"list","args":{"after":1}})", "op list: argument 'after' must be a string");
+    CHECK(proto::to_json(proto::ListArgs{"d"}) == json{{"after", "d"}});
+    CHECK(proto::to_json(proto::ListArgs{}) == json::object());
+}
+
+TEST_CASE("protocol: a number out of range is a protocol error on both sides", "[protocol][fuzz]")
+{
+    // Found by the fuzz targets: nlohmann throws out_of_range, not parse_error.
+    refused(R"({"protocol":1e9999})",
+            "request is not valid JSON: [json.exception.out_of_range.406] number overflow parsing '1e9999'");
+    CHECK_THROWS_AS(proto::parse_response(R"({"protocol":1e9999})"), Error);
 }

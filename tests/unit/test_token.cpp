@@ -1,4 +1,5 @@
 // The diskcrypt-kms token: encode/decode and every corrupt-token case.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -46,6 +47,11 @@ void refuses(const std::string& text, const std::string& needle)
 }
 
 void refuses(const json& j, const std::string& needle) { refuses(j.dump(), needle); }
+
+bool printable_ascii(std::string_view s)
+{
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
 
 }  // namespace
 
@@ -239,10 +245,15 @@ TEST_CASE("token: unknown versions are refused", "[token]")
         j["version"] = 0;
         refuses(j, "schema version 0 is not supported");
     }
-    SECTION("AD version 2")
+    SECTION("AD version 3")
     {
-        j["wrap"]["ad_version"] = 2;
-        refuses(j, "field 'wrap.ad_version' 2 is not supported");
+        j["wrap"]["ad_version"] = 3;
+        refuses(j, "field 'wrap.ad_version' 3 is not supported (only 1 and 2)");
+    }
+    SECTION("AD version 0")
+    {
+        j["wrap"]["ad_version"] = 0;
+        refuses(j, "field 'wrap.ad_version' 0 is not supported");
     }
     SECTION("another algorithm")
     {
@@ -253,6 +264,44 @@ TEST_CASE("token: unknown versions are refused", "[token]")
     {
         j["type"] = "systemd-pkcs11";
         refuses(j, "field 'type' must be \"diskcrypt-kms\"");
+    }
+}
+
+TEST_CASE("token: AD versions 1 and 2 both decode", "[token]")
+{
+    diskcrypt::Token t = sample();
+    for (const unsigned v : {1U, 2U}) {
+        t.ad_version = v;
+        CHECK(diskcrypt::decode_token(diskcrypt::encode_token(t)).ad_version == v);
+    }
+}
+
+TEST_CASE("token: bytes that are not UTF-8 are refused by field name, escaped", "[token]")
+{
+    // A header's token may hold any bytes: the error names the field and
+    // shows them escaped, so the message is printable and valid UTF-8.
+    std::string text = sample_json().dump();
+    const std::string created = R"("created":"2026-11-22T10:00:00Z")";
+    const auto at = text.find(created);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, created.size(), "\"created\":\"\xff\\u001b[31m\"");
+    refuses(text, "field 'created': expected a UTC time as YYYY-MM-DDTHH:MM:SSZ (the header has '\\xff\\x1b[31m')");
+    try {
+        (void)diskcrypt::decode_token(text);
+    } catch (const Error& e) {
+        CHECK(printable_ascii(e.what()));
+    }
+    // An unknown field whose name is not UTF-8, and bytes outside strings.
+    std::string unknown = sample_json().dump();
+    unknown.insert(1, "\"\xfe\":1,");
+    refuses(unknown, "unknown field '\\xfe'");
+    std::string bare = sample_json().dump();
+    bare.insert(bare.begin() + 1, '\xff');
+    refuses(bare, "not valid JSON");
+    try {
+        (void)diskcrypt::decode_token(bare);
+    } catch (const Error& e) {
+        CHECK(printable_ascii(e.what()));
     }
 }
 
