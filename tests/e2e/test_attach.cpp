@@ -44,19 +44,11 @@ struct Agent {
         std::filesystem::resize_file(image, 8ULL << 20U);
     }
 
-    void start()
-    {
-        agent = std::make_unique<diskcrypt::test::Background>(
-            std::vector<std::string>{DISKCRYPT_AGENT_BIN, "--config", config}, log);
-        if (!diskcrypt::test::wait_for_path(socket)) {
-            FAIL("the agent did not start; log:\n" << diskcrypt::test::read_file(log));
-        }
-    }
+    void start() { agent = diskcrypt::test::start_agent({"--config", config}, socket, log); }
 
     [[nodiscard]] Result cli(std::vector<std::string> args) const
     {
-        args.insert(args.begin(), {DISKCRYPT_CLI_BIN, "--socket", socket});
-        return diskcrypt::test::run(args);
+        return diskcrypt::test::run_cli(socket, std::move(args));
     }
 
     diskcrypt::test::TempDir dir;

@@ -77,20 +77,12 @@ public:
                                     0600);
     }
 
-    void start()
-    {
-        agent = std::make_unique<diskcrypt::test::Background>(
-            std::vector<std::string>{DISKCRYPT_AGENT_BIN, "--config", config, "--log-level", "debug"}, log);
-        if (!diskcrypt::test::wait_for_path(socket)) {
-            FAIL("the agent did not create its socket; log:\n" << diskcrypt::test::read_file(log));
-        }
-    }
+    void start() { agent = diskcrypt::test::start_agent({"--config", config, "--log-level", "debug"}, socket, log); }
 
     // Runs the CLI with --socket; records its output for the secret scan.
     Result cli(std::vector<std::string> args)
     {
-        args.insert(args.begin(), {DISKCRYPT_CLI_BIN, "--socket", socket});
-        Result r = run(args);
+        Result r = diskcrypt::test::run_cli(socket, std::move(args));
         outputs.push_back(r.out);
         outputs.push_back(r.err);
         return r;

@@ -34,28 +34,15 @@
 #include "agent/error.hpp"
 #include "agent/header.hpp"
 #include "agent/log.hpp"
+#include "tests/support/luks2_layout.hpp"
 
 namespace {
 
 constexpr std::size_t kImageBytes = std::size_t{2} * 1024 * 1024;  // header area and a little data
-constexpr std::size_t kBinaryHeader = 4096;
-constexpr std::size_t kUuidField = 40;
-constexpr std::size_t kSubsystemField = 48;
-constexpr std::size_t kLabelField = 48;
-constexpr std::size_t kPrefix = 1 + kUuidField + kSubsystemField + kLabelField;
-constexpr std::size_t kMaxHdrSize = std::size_t{128} * 1024;
+using namespace diskcrypt::test::luks2;  // NOLINT(google-build-using-namespace): the layout's names
 
-// Offsets in the LUKS2 binary header (cryptsetup's docs/on-disk-format-luks2).
-constexpr std::size_t kOffVersion = 6;
-constexpr std::size_t kOffHdrSize = 8;
-constexpr std::size_t kOffSeqid = 16;
-constexpr std::size_t kOffLabel = 24;
-constexpr std::size_t kOffCsumAlg = 72;
-constexpr std::size_t kOffSalt = 104;
-constexpr std::size_t kOffUuid = 168;
-constexpr std::size_t kOffSubsystem = 208;
-constexpr std::size_t kOffHdrOffset = 256;
-constexpr std::size_t kOffCsum = 448;
+constexpr std::size_t kPrefix = 1 + kUuidBytes + kSubsystemBytes + kLabelBytes;
+constexpr std::size_t kMaxHdrSize = std::size_t{128} * 1024;
 
 // The image, made once by LLVMFuzzerInitialize.
 struct Image {
@@ -113,9 +100,9 @@ void write_copy(const std::uint8_t* data, std::size_t size, std::size_t hdr_size
             std::memcpy(&b[to], data + from, std::min(len - 1, size - from));  // keep a NUL at the end
         }
     };
-    field(1, kUuidField, kOffUuid);
-    field(1 + kUuidField, kSubsystemField, kOffSubsystem);
-    field(1 + kUuidField + kSubsystemField, kLabelField, kOffLabel);
+    field(1, kUuidBytes, kOffUuid);
+    field(1 + kUuidBytes, kSubsystemBytes, kOffSubsystem);
+    field(1 + kUuidBytes + kSubsystemBytes, kLabelBytes, kOffLabel);
     put_be(b, kOffHdrOffset, offset, 8);
     if (size > kPrefix) {
         std::memcpy(&b[kBinaryHeader], data + kPrefix, std::min(size - kPrefix, hdr_size - kBinaryHeader - 1));

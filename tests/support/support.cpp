@@ -1,5 +1,7 @@
 #include "tests/support/support.hpp"
 
+#include "tests/support/luks2_layout.hpp"
+
 #include <fcntl.h>
 #include <openssl/sha.h>
 #include <poll.h>
@@ -292,24 +294,35 @@ bool contains(const std::string& haystack, const std::string& needle)
     return haystack.find(needle) != std::string::npos;
 }
 
+std::unique_ptr<Background> start_agent(const std::vector<std::string>& args, const std::string& socket,
+                                        const std::string& log)
+{
+    std::vector<std::string> argv{DISKCRYPT_AGENT_BIN};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto agent = std::make_unique<Background>(argv, log);
+    if (!wait_for_path(socket)) {
+        FAIL("the agent did not create its socket " << socket << "; log:\n" << read_file(log));
+    }
+    return agent;
+}
+
+Result run_cli(const std::string& socket, std::vector<std::string> args)
+{
+    args.insert(args.begin(), {DISKCRYPT_CLI_BIN, "--socket", socket});
+    return run(args);
+}
+
 namespace {
 
-// The LUKS2 binary header (cryptsetup's struct luks2_hdr_disk): hdr_size at
-// 8 (u64 big-endian), uuid at 168 (40 bytes), checksum at 448 (64 bytes),
-// the JSON from 4096 to hdr_size; the second copy at hdr_size.
-constexpr std::size_t kHdrSizeAt = 8;
-constexpr std::size_t kUuidAt = 168;
-constexpr std::size_t kUuidBytes = 40;
-constexpr std::size_t kCsumAt = 448;
-constexpr std::size_t kCsumBytes = 64;
-constexpr std::size_t kJsonAt = 4096;
+using namespace luks2;  // NOLINT(google-build-using-namespace): the layout's names
+constexpr std::size_t kJsonAt = kBinaryHeader;
 
 std::size_t hdr_size(const std::vector<std::uint8_t>& image)
 {
     REQUIRE(image.size() >= kJsonAt);
     std::uint64_t n = 0;
     for (std::size_t i = 0; i < 8; ++i) {
-        n = (n << 8U) | image[kHdrSizeAt + i];
+        n = (n << 8U) | image[kOffHdrSize + i];
     }
     REQUIRE(n > kJsonAt);
     REQUIRE(image.size() >= 2 * n);
@@ -331,7 +344,7 @@ Luks2Header read_luks2(const std::string& image)
 {
     const std::vector<std::uint8_t> bytes = read_bytes(image);
     const std::size_t size = hdr_size(bytes);
-    return {c_string(bytes.data() + kJsonAt, size - kJsonAt), c_string(bytes.data() + kUuidAt, kUuidBytes)};
+    return {c_string(bytes.data() + kJsonAt, size - kJsonAt), c_string(bytes.data() + kOffUuid, kUuidBytes)};
 }
 
 void write_luks2(const std::string& image, const Luks2Header& header)
@@ -342,14 +355,14 @@ void write_luks2(const std::string& image, const Luks2Header& header)
     REQUIRE(header.uuid.size() < kUuidBytes);
     for (const std::size_t copy : {std::size_t{0}, size}) {
         std::uint8_t* h = bytes.data() + copy;
-        std::fill(h + kUuidAt, h + kUuidAt + kUuidBytes, 0);
-        std::copy(header.uuid.begin(), header.uuid.end(), h + kUuidAt);
+        std::fill(h + kOffUuid, h + kOffUuid + kUuidBytes, 0);
+        std::copy(header.uuid.begin(), header.uuid.end(), h + kOffUuid);
         std::fill(h + kJsonAt, h + size, 0);
         std::copy(header.json.begin(), header.json.end(), h + kJsonAt);
-        std::fill(h + kCsumAt, h + kCsumAt + kCsumBytes, 0);
+        std::fill(h + kOffCsum, h + kOffCsum + kCsumBytes, 0);
         std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
         SHA256(h, size, digest.data());
-        std::copy(digest.begin(), digest.end(), h + kCsumAt);
+        std::copy(digest.begin(), digest.end(), h + kOffCsum);
     }
     const int fd = ::open(image.c_str(), O_WRONLY | O_CLOEXEC);  // NOLINT(cppcoreguidelines-pro-type-vararg)
     REQUIRE(fd >= 0);

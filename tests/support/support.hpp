@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -74,6 +75,14 @@ std::vector<std::string> list_files(const std::string& dir);
 // Waits until `path` exists (up to timeout_s).
 bool wait_for_path(const std::string& path, int timeout_s = 10);
 bool contains(const std::string& haystack, const std::string& needle);
+
+// diskcrypt-agent started with `args` (after the program name), its output to
+// `log`; returns once `socket` exists, and fails the test with the log if it
+// does not appear.
+std::unique_ptr<Background> start_agent(const std::vector<std::string>& args, const std::string& socket,
+                                        const std::string& log);
+// The diskcrypt CLI run with `--socket socket` before `args`.
+Result run_cli(const std::string& socket, std::vector<std::string> args);
 
 // A LUKS2 header in an image file, edited as an attacker with write access to
 // the storage would: the metadata JSON and the UUID of both header copies are
