@@ -7,8 +7,14 @@
 #                 harness self-test, the kernel suite and the attach suite in
 #                 QEMU guests (the README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
+#   make debug-kernel  build the guest's debug kernel (KASAN, lockdep, ...) once;
+#                 cached in ~/.cache/diskcrypt/debug-kernel (tests/vm/debug-kernel.sh)
+#   make test-kmod-debug  the kernel suite's debug guest on that kernel (not yet
+#                 part of make check: too slow under TCG for CI's time budget)
 #   make test-attach  agent, CLI, SoftHSM2 and the module together in a guest
-#   make bench    throughput (raw, dm-crypt, diskcrypt) and attach latency
+#   make bench    throughput (raw, dm-crypt, diskcrypt) in two modes, then attach
+#                 latency: BENCH_MODE=both (default), icount (instructions per
+#                 I/O under QEMU -icount, repeatable) or wallclock (medians)
 #   make bench-attach attach latency alone: diskcrypt vs cryptsetup open
 #   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
 #   make fuzz-smoke  build the libFuzzer targets (clang) and run each for
@@ -27,6 +33,7 @@ JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 1800
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_PARALLEL ?= 1
+BENCH_MODE ?= both
 # -Werror for every build made here (and CI); CMake leaves it off for packagers.
 WERROR := -DDISKCRYPT_WERROR=ON
 
@@ -58,7 +65,7 @@ fuzz-build:
 	cmake --build $(BUILD)/fuzz -j $(JOBS) --target fuzz-targets
 
 fuzz-smoke: fuzz-build
-	tests/fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SMOKE_SECONDS)
+	FUZZ_PARALLEL=$(JOBS) tests/fuzz/run.sh $(BUILD)/fuzz $(FUZZ_SMOKE_SECONDS)
 
 fuzz: deps
 	$(MAKE) fuzz-build
@@ -68,14 +75,20 @@ lint: deps
 	tests/lint.sh
 
 unit: cxx cxx-asan
-	cd $(BUILD)/cmake && ctest --output-on-failure
-	cd $(BUILD)/asan && ctest --output-on-failure
+	cd $(BUILD)/cmake && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD)/asan && ctest --output-on-failure -j $(JOBS)
 
 test-vm:
 	tests/vm/selftest.sh
 
+debug-kernel:
+	JOBS=$(JOBS) tests/vm/debug-kernel.sh >/dev/null
+
 test-kmod: kmod cxx
 	tests/kmod/run.sh
+
+test-kmod-debug: kmod cxx debug-kernel
+	DISKCRYPT_GUESTS=debug tests/kmod/run.sh
 
 test-attach: kmod cxx
 	tests/attach/run.sh
@@ -95,7 +108,7 @@ demo: deps
 
 bench: deps
 	$(MAKE) all
-	tests/bench/run.sh
+	BENCH_MODE=$(BENCH_MODE) tests/bench/run.sh
 	tests/bench/attach-run.sh
 
 bench-attach: deps
@@ -110,4 +123,4 @@ clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: all deps kmod cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean
+.PHONY: all deps kmod debug-kernel test-kmod-debug cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean

@@ -15,6 +15,7 @@
 #include <linux/llist.h>
 #include <linux/mempool.h>
 #include <linux/mutex.h>
+#include <linux/percpu_counter.h>
 #include <linux/scatterlist.h>
 #include <linux/types.h>
 #include <linux/workqueue.h>
@@ -56,7 +57,8 @@ struct dc_stats {
 
 /*
  * One instance per target. Read only after the constructor, except for
- * flags (atomic bitops) and the key, which changes only while suspended.
+ * flags (atomic bitops) and the key, which changes only while suspended and
+ * under key_lock.
  */
 struct dc_config {
 	const char *name;		/* the mapped device, "major:minor" */
@@ -73,13 +75,33 @@ struct dc_config {
 	char *cipher_string;		/* as given in the table */
 	char *key_desc;			/* keyring description, never key bytes */
 	struct crypto_skcipher *tfm;
+	/*
+	 * dm-ioctl holds only SRCU around messages and status: key_lock
+	 * serialises key changes (setkey, key_desc, DC_KEY_VALID), the
+	 * DC_SUSPENDED checks that allow them, and TABLE status.
+	 */
+	struct mutex key_lock;
 
+	/*
+	 * Two queues, so that work that waits for memory never stands in
+	 * front of work that gives memory back (see io.c and README.md):
+	 * wq allocates (bounce bios, read clones) and may wait for it;
+	 * io_wq only continues crypto and submits finished writes.
+	 */
 	struct workqueue_struct *wq;
-	struct bio_set bs;
+	struct workqueue_struct *io_wq;
+	struct llist_head submit_list;	/* encrypted writes to submit */
+	struct work_struct submit_work;	/* drains submit_list on io_wq */
+	struct bio_set bs;		/* bounce bios for writes */
+	struct bio_set read_bs;		/* clones for reads */
 	mempool_t page_pool;		/* bounce pages for writes */
+	struct percpu_counter nr_pages;	/* bounce pages allocated */
+	bool page_client;		/* counted in the page ceiling */
 	mempool_t req_pool;		/* crypto requests beyond the inline one */
 	struct mutex alloc_lock;	/* serialises blocking page allocation */
-	unsigned int req_size;		/* struct dc_req + skcipher request */
+	unsigned int req_size;		/* struct dc_req + skcipher request + IV */
+	unsigned int req_iv_offset;	/* IV, before alignment, in a dc_req */
+	unsigned int iv_align_mask;	/* crypto_skcipher_alignmask() */
 
 	struct dc_stats __percpu *stats;
 	unsigned int per_io_size;	/* ti->per_io_data_size */
@@ -87,13 +109,13 @@ struct dc_config {
 
 /*
  * One crypto request: one sector in flight. The skcipher request, with the
- * tfm's context after it, follows at DC_REQ_SK_OFFSET.
+ * tfm's context after it, follows at DC_REQ_SK_OFFSET; the IV follows that,
+ * aligned as the cipher asks (dc_req_iv()).
  */
 struct dc_req {
 	struct dc_io *io;
 	struct scatterlist sg_in;
 	struct scatterlist sg_out;
-	u8 iv[DC_IV_BYTES] __aligned(8);
 };
 
 #define DC_REQ_SK_OFFSET \
@@ -104,10 +126,9 @@ static inline struct skcipher_request *dc_req_sk(struct dc_req *rq)
 	return (struct skcipher_request *)((u8 *)rq + DC_REQ_SK_OFFSET);
 }
 
-static inline unsigned int dc_req_size(struct crypto_skcipher *tfm)
+static inline u8 *dc_req_iv(struct dc_config *dc, struct dc_req *rq)
 {
-	return DC_REQ_SK_OFFSET + sizeof(struct skcipher_request) +
-	       crypto_skcipher_reqsize(tfm);
+	return PTR_ALIGN((u8 *)rq + dc->req_iv_offset, dc->iv_align_mask + 1);
 }
 
 /*

@@ -6,9 +6,10 @@
  * pages from a page mempool reserved by the constructor (the caller's pages
  * are never modified), and the bounce bio is submitted from there. Reads are
  * cloned (sharing the caller's pages) and decrypted in place in the clone's
- * completion (softirq) context. There is no workqueue hop on either path as
- * long as the cipher completes synchronously, which Debian's xts-aes-aesni
- * does whenever the FPU is usable, although it is registered as async.
+ * completion (softirq) context. While at most inline_depth bios are in
+ * flight and the cipher completes synchronously (Debian's xts-aes-aesni
+ * does whenever the FPU is usable, although it is registered as async),
+ * neither path leaves the submitting or completing context.
  *
  * One crypto request is issued per crypto sector. A request that completes
  * synchronously is reused for the next sector; one that goes asynchronous
@@ -16,22 +17,32 @@
  * the next sector takes a request from req_pool. io->pending counts the
  * requests in flight plus one reference held by the issuer; whoever drops
  * the last one finishes the bio. Work moves to the target's workqueue only
- * where the context forbids it:
- *  - read completions in hard-IRQ context or with IRQs disabled (the crypto
- *    API refuses to walk scatterlists there),
- *  - no bounce pages without waiting, or no crypto request without waiting
- *    in atomic context (the workqueue may wait for the mempools),
- *  - a backlogged request in a context that may not wait for the backlog,
- *  - a write whose last request completed asynchronously (its submission
- *    moves out of the crypto driver's completion context),
- *  - the read_workqueue / write_workqueue table options.
- * REQ_NOWAIT bios never wait in map(): if bounce pages or the read clone
- * cannot be had at once, they end with BLK_STS_AGAIN.
+ * where the context forbids it, or when more than inline_depth bios are in
+ * flight:
+ *  - read completions in hard-IRQ context or with IRQs disabled go to a
+ *    per-CPU tasklet (the crypto API refuses to walk scatterlists there),
+ *  - no bounce pages or read clone without waiting: to wq, which may wait,
+ *  - no crypto request without waiting, or a backlogged request, where
+ *    waiting is not allowed: the rest of the bio's crypto goes to io_wq,
+ *  - a write whose last request completed asynchronously: its submission
+ *    moves out of the crypto driver's completion context, to io_wq,
+ *  - the read_workqueue / write_workqueue table options: to wq.
+ * REQ_NOWAIT bios never wait in map() either: what would wait goes to a
+ * workqueue (the bio is not failed with BLK_STS_AGAIN).
+ *
+ * Forward progress under memory pressure (README.md has the argument):
+ * work on wq may wait for memory that only completed I/O gives back (bounce
+ * pages, bounce bios, read clones); work on io_wq never does (it waits for
+ * the crypto driver at most), so a write that holds bounce pages never
+ * waits behind work that waits for bounce pages. Nothing in the I/O path
+ * lets the crypto driver allocate: no CRYPTO_TFM_REQ_MAY_SLEEP, and no
+ * driver that allocates per request (CRYPTO_ALG_ALLOCATES_MEMORY).
  *
  * IVs are plain64: the little-endian sector number plus iv_offset, counted
  * in 512-byte units, or in sector_size units with iv_large_sectors, exactly
  * as dm-crypt computes them.
  */
+#include <linux/blk-cgroup.h>
 #include <linux/blkdev.h>
 #include <linux/completion.h>
 #include <linux/highmem.h>
@@ -53,6 +64,10 @@ enum dc_ctx {
 };
 
 #define DC_REQ_POOL_SIZE	64
+#define DC_MIN_IOS		64	/* reserve of each bio set */
+/* Bounce pages: a ceiling of 2% of low memory, shared by all targets. */
+#define DC_MEMORY_PERCENT	2
+#define DC_MIN_PAGES		(8 * BIO_MAX_VECS)
 
 /* Read completions from hard-IRQ context wait here for softirq context. */
 struct dc_softirq {
@@ -62,8 +77,12 @@ struct dc_softirq {
 
 static DEFINE_PER_CPU(struct dc_softirq, dc_softirq);
 
+/* Targets alive, and each one's share of the bounce page ceiling. */
+static DEFINE_MUTEX(dc_clients_lock);
+static unsigned int dc_clients;
+static unsigned long dc_pages_per_client;
+
 static void dc_run(struct dc_io *io, enum dc_ctx ctx);
-static void dc_submit_write_work(struct work_struct *work);
 
 static void dc_complete(struct dc_io *io, blk_status_t status)
 {
@@ -82,11 +101,12 @@ static void dc_complete(struct dc_io *io, blk_status_t status)
 	bio_endio(bio);
 }
 
-static void dc_defer(struct dc_io *io, work_func_t fn)
+static void dc_defer(struct dc_io *io, struct workqueue_struct *wq,
+		     work_func_t fn)
 {
 	this_cpu_inc(io->dc->stats->deferred);
 	INIT_WORK(&io->work, fn);
-	queue_work(io->dc->wq, &io->work);
+	queue_work(wq, &io->work);
 }
 
 static bool dc_sector_is_zero(struct page *page, unsigned int offset,
@@ -97,6 +117,48 @@ static bool dc_sector_is_zero(struct page *page, unsigned int offset,
 
 	kunmap_local(addr);
 	return zero;
+}
+
+/* Bounce pages: the page pool's allocator, with a ceiling */
+
+/*
+ * Beyond its share of the ceiling a target gets no new pages: the pool's
+ * reserve, refilled as bounce writes complete, is all it has. The reserve
+ * itself is allocated within the share, so this never starves a target.
+ */
+static void *dc_page_alloc(gfp_t gfp, void *data)
+{
+	struct dc_config *dc = data;
+	struct page *page;
+
+	if (unlikely(percpu_counter_read_positive(&dc->nr_pages) >=
+		     READ_ONCE(dc_pages_per_client)))
+		return NULL;
+	page = alloc_page(gfp);
+	if (likely(page))
+		percpu_counter_inc(&dc->nr_pages);
+	return page;
+}
+
+static void dc_page_free(void *page, void *data)
+{
+	struct dc_config *dc = data;
+
+	__free_page(page);
+	percpu_counter_dec(&dc->nr_pages);
+}
+
+static void dc_update_page_ceiling(int change)
+{
+	unsigned long pages;
+
+	mutex_lock(&dc_clients_lock);
+	dc_clients += change;
+	pages = (totalram_pages() - totalhigh_pages()) * DC_MEMORY_PERCENT / 100;
+	if (dc_clients)
+		pages /= dc_clients;
+	WRITE_ONCE(dc_pages_per_client, max_t(unsigned long, pages, DC_MIN_PAGES));
+	mutex_unlock(&dc_clients_lock);
 }
 
 /* Bounce bios */
@@ -151,8 +213,11 @@ retry:
 	if (gfp & __GFP_DIRECT_RECLAIM)
 		mutex_unlock(&dc->alloc_lock);
 
+	/* Completed by interrupt: nobody polls for a bio we submit. */
+	clone->bi_opf &= ~REQ_POLLED;
 	clone->bi_iter.bi_sector = dc->start + io->sector;
 	clone->bi_ioprio = io->base_bio->bi_ioprio;
+	bio_clone_blkg_association(clone, io->base_bio);
 	clone->bi_private = io;
 	return clone;
 }
@@ -161,16 +226,21 @@ retry:
 
 static void dc_req_done(struct crypto_async_request *areq, int err);
 
-/* The request for the next sector, or NULL if @ctx may not wait for one. */
+/*
+ * The request for the next sector, or NULL if @ctx may not wait for one.
+ * Outside the workqueue, GFP_NOWAIT: the workqueue is the fallback, so
+ * there is no reason to dip into the atomic reserves. Never
+ * CRYPTO_TFM_REQ_MAY_SLEEP (as dm-crypt): with it, the crypto API may
+ * allocate with GFP_KERNEL (skcipher walk buffers) in the I/O path.
+ */
 static struct dc_req *dc_get_req(struct dc_io *io, enum dc_ctx ctx)
 {
 	struct dc_config *dc = io->dc;
 	struct dc_req *rq = io->free_req;
-	u32 flags = CRYPTO_TFM_REQ_MAY_BACKLOG;
 
 	if (!rq) {
 		rq = mempool_alloc(&dc->req_pool, ctx == DC_CTX_WORK ? GFP_NOIO :
-				   GFP_ATOMIC | __GFP_NOWARN);
+				   GFP_NOWAIT | __GFP_NOWARN);
 		if (!rq)
 			return NULL;
 		rq->io = io;
@@ -178,10 +248,9 @@ static struct dc_req *dc_get_req(struct dc_io *io, enum dc_ctx ctx)
 		sg_init_table(&rq->sg_out, 1);
 		io->free_req = rq;
 	}
-	if (ctx == DC_CTX_WORK)
-		flags |= CRYPTO_TFM_REQ_MAY_SLEEP;
 	skcipher_request_set_tfm(dc_req_sk(rq), dc->tfm);
-	skcipher_request_set_callback(dc_req_sk(rq), flags, dc_req_done, rq);
+	skcipher_request_set_callback(dc_req_sk(rq), CRYPTO_TFM_REQ_MAY_BACKLOG,
+				      dc_req_done, rq);
 	return rq;
 }
 
@@ -237,14 +306,14 @@ static bool dc_convert(struct dc_io *io, enum dc_ctx ctx)
 		if (!rq)
 			return false;
 		req = dc_req_sk(rq);
-		iv = (__le64 *)rq->iv;
+		iv = (__le64 *)dc_req_iv(dc, rq);
 		iv[0] = cpu_to_le64(large ? io->iv_sector >> dc->sector_shift :
 					    io->iv_sector);
 		iv[1] = 0;
 		sg_set_page(&rq->sg_in, in.bv_page, ss, in.bv_offset);
 		sg_set_page(&rq->sg_out, out.bv_page, ss, out.bv_offset);
 		skcipher_request_set_crypt(req, &rq->sg_in, &rq->sg_out, ss,
-					   rq->iv);
+					   (u8 *)iv);
 
 		atomic_inc(&io->pending);
 		r = write ? crypto_skcipher_encrypt(req) :
@@ -280,8 +349,39 @@ static bool dc_convert(struct dc_io *io, enum dc_ctx ctx)
 			io->error = BLK_STS_IOERR;
 			break;
 		}
+		if (ctx == DC_CTX_WORK)
+			cond_resched();
 	}
 	return true;
+}
+
+/*
+ * Encrypted writes whose last request completed in a crypto driver's
+ * callback, where a bio may not be submitted: one work item per target
+ * submits them all from io_wq. It allocates nothing and waits for nothing
+ * but the device's own request tags, so it always makes progress, and with
+ * it the bounce pages and bounce bios come back.
+ */
+static void dc_queue_submit(struct dc_io *io)
+{
+	struct dc_config *dc = io->dc;
+
+	if (llist_add(&io->llnode, &dc->submit_list))
+		queue_work(dc->io_wq, &dc->submit_work);
+}
+
+static void dc_submit_work(struct work_struct *work)
+{
+	struct dc_config *dc = container_of(work, struct dc_config, submit_work);
+	struct llist_node *list;
+	struct dc_io *io, *next;
+	struct blk_plug plug;
+
+	list = llist_reverse_order(llist_del_all(&dc->submit_list));
+	blk_start_plug(&plug);
+	llist_for_each_entry_safe(io, next, list, llnode)
+		dm_submit_bio_remap(io->base_bio, io->clone);
+	blk_finish_plug(&plug);
 }
 
 /* All crypto of the bio is done (or failed). */
@@ -301,8 +401,8 @@ static void dc_finish(struct dc_io *io, enum dc_ctx ctx)
 		return;
 	}
 	if (ctx == DC_CTX_ATOMIC) {
-		/* A crypto driver's completion context: submit from process context. */
-		dc_defer(io, dc_submit_write_work);
+		/* A crypto driver's completion context: submit from io_wq. */
+		dc_queue_submit(io);
 		return;
 	}
 	dm_submit_bio_remap(io->base_bio, io->clone);
@@ -347,11 +447,15 @@ static void dc_convert_work(struct work_struct *work)
 	dc_run(io, DC_CTX_WORK);
 }
 
-/* Convert from the cursor; continue in the workqueue if need be. */
+/*
+ * Convert from the cursor; continue in io_wq if need be. The bio may hold
+ * bounce pages already, so it must not queue behind work that waits for
+ * bounce pages (on wq); on io_wq it waits for the crypto driver at most.
+ */
 static void dc_run(struct dc_io *io, enum dc_ctx ctx)
 {
 	if (!dc_convert(io, ctx)) {
-		dc_defer(io, dc_convert_work);
+		dc_defer(io, io->dc->io_wq, dc_convert_work);
 		return;
 	}
 	dc_io_put(io, ctx);
@@ -398,14 +502,7 @@ static void dc_write_endio(struct bio *clone)
 	dc_complete(io, status);
 }
 
-static void dc_submit_write_work(struct work_struct *work)
-{
-	struct dc_io *io = container_of(work, struct dc_io, work);
-
-	dm_submit_bio_remap(io->base_bio, io->clone);
-}
-
-/* The write in the workqueue: may wait for bounce pages. */
+/* The write in wq, which may wait for bounce pages and a bounce bio. */
 static void dc_write_work(struct work_struct *work)
 {
 	struct dc_io *io = container_of(work, struct dc_io, work);
@@ -421,12 +518,12 @@ static void dc_map_write(struct dc_io *io)
 	struct dc_config *dc = io->dc;
 
 	if (test_bit(DC_WRITE_WORKQUEUE, &dc->flags) || !dc_inline(dc)) {
-		dc_defer(io, dc_write_work);
+		dc_defer(io, dc->wq, dc_write_work);
 		return;
 	}
 	io->clone = dc_alloc_bounce(io, io->iter.bi_size, false);
 	if (!io->clone) {
-		dc_defer(io, dc_write_work);
+		dc_defer(io, dc->wq, dc_write_work);
 		return;
 	}
 	io->clone->bi_end_io = dc_write_endio;
@@ -465,7 +562,7 @@ static void dc_read_endio(struct bio *clone)
 	}
 	dc_start_convert(io, io->base_bio);
 	if (test_bit(DC_READ_WORKQUEUE, &io->dc->flags) || !dc_inline(io->dc)) {
-		dc_defer(io, dc_read_work);
+		dc_defer(io, io->dc->wq, dc_read_work);
 		return;
 	}
 	if (in_hardirq() || irqs_disabled()) {
@@ -484,9 +581,11 @@ static bool dc_submit_read(struct dc_io *io, gfp_t gfp)
 	struct dc_config *dc = io->dc;
 	struct bio *clone;
 
-	clone = bio_alloc_clone(dc->dev->bdev, io->base_bio, gfp, &dc->bs);
+	clone = bio_alloc_clone(dc->dev->bdev, io->base_bio, gfp, &dc->read_bs);
 	if (!clone)
 		return false;
+	/* Completed by interrupt: nobody polls for a bio we submit. */
+	clone->bi_opf &= ~REQ_POLLED;
 	clone->bi_iter.bi_sector = dc->start + io->sector;
 	clone->bi_private = io;
 	clone->bi_end_io = dc_read_endio;
@@ -494,17 +593,24 @@ static bool dc_submit_read(struct dc_io *io, gfp_t gfp)
 	return true;
 }
 
+/*
+ * In wq: may wait for the read clone reserve, which read completions give
+ * back before any crypto. Even waiting, bio_alloc_clone() fails if the
+ * bio's integrity payload cannot be cloned: end the bio then.
+ */
 static void dc_read_submit_work(struct work_struct *work)
 {
 	struct dc_io *io = container_of(work, struct dc_io, work);
 
-	dc_submit_read(io, GFP_NOIO);
+	if (unlikely(!dc_submit_read(io, GFP_NOIO)))
+		dc_complete(io, BLK_STS_RESOURCE);
 }
 
+/* As dm-crypt: GFP_NOWAIT in map(), the workqueue waits if need be. */
 static void dc_map_read(struct dc_io *io)
 {
-	if (!dc_submit_read(io, GFP_NOWAIT))
-		dc_defer(io, dc_read_submit_work);
+	if (!dc_submit_read(io, GFP_NOWAIT | __GFP_NOWARN))
+		dc_defer(io, io->dc->wq, dc_read_submit_work);
 }
 
 /*
@@ -581,7 +687,32 @@ int dc_map(struct dm_target *ti, struct bio *bio)
 	return DM_MAPIO_SUBMITTED;
 }
 
-/* Reserve everything the data path needs, so that it never fails for memory. */
+/*
+ * The crypto request with the IV after it. The IV is aligned as the cipher
+ * asks: a request starts CRYPTO_MINALIGN-aligned (kmalloc, or dm's per-bio
+ * data, whose size is rounded for that), so a stricter alignment costs at
+ * most alignmask bytes of padding.
+ */
+static void dc_req_layout(struct dc_config *dc)
+{
+	unsigned int mask = crypto_skcipher_alignmask(dc->tfm) |
+			    (__alignof__(u64) - 1);
+
+	dc->iv_align_mask = mask;
+	dc->req_iv_offset = ALIGN(DC_REQ_SK_OFFSET +
+				  sizeof(struct skcipher_request) +
+				  crypto_skcipher_reqsize(dc->tfm),
+				  __alignof__(u64));
+	dc->req_size = dc->req_iv_offset + DC_IV_BYTES +
+		       (mask >= CRYPTO_MINALIGN ? mask : 0);
+}
+
+/*
+ * Reserve everything the data path needs, so that it never fails for
+ * memory and always makes progress: a bio set each for bounce bios and
+ * read clones (a read never waits for a write's bio, nor a write for a
+ * read's), pages for the largest bounce bio, crypto requests.
+ */
 int dc_io_init(struct dm_target *ti, struct dc_config *dc)
 {
 	int r;
@@ -591,17 +722,30 @@ int dc_io_init(struct dm_target *ti, struct dc_config *dc)
 		ti->error = "Cannot allocate I/O counters";
 		return -ENOMEM;
 	}
-	r = bioset_init(&dc->bs, BIO_POOL_SIZE, 0, BIOSET_NEED_BVECS);
+	r = bioset_init(&dc->bs, DC_MIN_IOS, 0, BIOSET_NEED_BVECS);
 	if (r) {
 		ti->error = "Cannot allocate bio set";
 		return r;
 	}
-	r = mempool_init_page_pool(&dc->page_pool, BIO_MAX_VECS, 0);
+	r = bioset_init(&dc->read_bs, DC_MIN_IOS, 0, 0);
+	if (r) {
+		ti->error = "Cannot allocate bio set";
+		return r;
+	}
+	r = percpu_counter_init(&dc->nr_pages, 0, GFP_KERNEL);
+	if (r) {
+		ti->error = "Cannot allocate page counter";
+		return r;
+	}
+	dc->page_client = true;
+	dc_update_page_ceiling(1);
+	r = mempool_init(&dc->page_pool, BIO_MAX_VECS, dc_page_alloc,
+			 dc_page_free, dc);
 	if (r) {
 		ti->error = "Cannot allocate page pool";
 		return r;
 	}
-	dc->req_size = dc_req_size(dc->tfm);
+	dc_req_layout(dc);
 	r = mempool_init_kmalloc_pool(&dc->req_pool, DC_REQ_POOL_SIZE,
 				      dc->req_size);
 	if (r) {
@@ -609,6 +753,8 @@ int dc_io_init(struct dm_target *ti, struct dc_config *dc)
 		return r;
 	}
 	dc->name = dm_table_device_name(ti->table);
+	init_llist_head(&dc->submit_list);
+	INIT_WORK(&dc->submit_work, dc_submit_work);
 	/*
 	 * Not WQ_HIGHPRI: nice -20 workers preempt the submitters and the
 	 * completions that feed them; with it, 1 MiB writes at queue depth 4
@@ -620,7 +766,16 @@ int dc_io_init(struct dm_target *ti, struct dc_config *dc)
 		ti->error = "Cannot allocate workqueue";
 		return -ENOMEM;
 	}
-	dc->per_io_size = DC_IO_REQ_OFFSET + dc->req_size;
+	dc->io_wq = alloc_workqueue("kdiskcrypt_io/%s",
+				    WQ_UNBOUND | WQ_MEM_RECLAIM,
+				    num_online_cpus(), dc->name);
+	if (!dc->io_wq) {
+		ti->error = "Cannot allocate workqueue";
+		return -ENOMEM;
+	}
+	/* Rounded, so that struct dc_io and the request stay aligned. */
+	dc->per_io_size = ALIGN(DC_IO_REQ_OFFSET + dc->req_size,
+				ARCH_KMALLOC_MINALIGN);
 	ti->per_io_data_size = dc->per_io_size;
 	return 0;
 }
@@ -630,8 +785,16 @@ void dc_io_exit(struct dc_config *dc)
 {
 	if (dc->wq)
 		destroy_workqueue(dc->wq);
+	if (dc->io_wq)
+		destroy_workqueue(dc->io_wq);
 	mempool_exit(&dc->req_pool);
 	mempool_exit(&dc->page_pool);
+	if (dc->page_client) {
+		WARN_ON(percpu_counter_sum(&dc->nr_pages));
+		percpu_counter_destroy(&dc->nr_pages);
+		dc_update_page_ceiling(-1);
+	}
+	bioset_exit(&dc->read_bs);
 	bioset_exit(&dc->bs);
 	free_percpu(dc->stats);
 }

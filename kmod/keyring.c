@@ -6,6 +6,7 @@
  */
 #include <linux/err.h>
 #include <linux/key.h>
+#include <linux/lockdep.h>
 #include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -72,13 +73,17 @@ int dc_load_key(struct dc_config *dc, const char *desc, char **error)
 	return r;
 }
 
-/* The "key set <keyref>" message: load the key, then remember its name. */
+/*
+ * The "key set <keyref>" message: load the key, then remember its name.
+ * The caller holds key_lock, which TABLE status takes to print key_desc.
+ */
 int dc_set_key(struct dc_config *dc, const char *keyref, char **error)
 {
 	const char *desc;
 	char *new_desc;
 	int r;
 
+	lockdep_assert_held(&dc->key_lock);
 	r = dc_parse_keyref(keyref, &desc, error);
 	if (r)
 		return r;

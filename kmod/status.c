@@ -4,6 +4,7 @@
  */
 #include <linux/blkdev.h>
 #include <linux/kernel.h>
+#include <linux/mutex.h>
 #include <linux/percpu.h>
 #include <linux/string.h>
 
@@ -68,10 +69,17 @@ void dc_status(struct dm_target *ti, status_type_t type,
 		break;
 
 	case STATUSTYPE_TABLE:
+		/*
+		 * Only dm-ioctl asks for TABLE, in process context: it may
+		 * sleep on the lock that "key set" holds while it replaces
+		 * key_desc. INFO and IMA read no key_desc and take no lock.
+		 */
+		mutex_lock(&dc->key_lock);
 		DMEMIT("%s :%u:logon:%s %llu %s %llu", dc->cipher_string,
 		       DC_KEY_BYTES, dc->key_desc,
 		       (unsigned long long)dc->iv_offset, dc->dev->name,
 		       (unsigned long long)dc->start);
+		mutex_unlock(&dc->key_lock);
 		nr_features = (dc->sector_size != SECTOR_SIZE) + large +
 			      discards + zeros + rwq + wwq +
 			      dc->inline_depth_set;
@@ -110,30 +118,41 @@ void dc_status(struct dm_target *ti, status_type_t type,
  * Messages, accepted only while the device is suspended:
  *   key wipe                      forget the key; resume is refused
  *   key set :64:logon:<desc>      load a key from the keyring
+ * dm-ioctl may run several messages, and status, at once: key_lock makes
+ * each key change whole (no two setkeys on the tfm at once, key_desc never
+ * freed under a reader), and keeps resume from starting I/O in the middle
+ * of one (see dc_preresume()).
  */
 int dc_message(struct dm_target *ti, unsigned int argc, char **argv,
 	       char *result, unsigned int maxlen)
 {
 	struct dc_config *dc = ti->private;
 	char *error = NULL;
+	bool wipe;
 	int r;
 
 	if (argc < 2 || strcasecmp(argv[0], "key"))
 		goto unknown;
+	wipe = argc == 2 && !strcasecmp(argv[1], "wipe");
+	if (!wipe && (argc != 3 || strcasecmp(argv[1], "set")))
+		goto unknown;
+
+	mutex_lock(&dc->key_lock);
 	if (!test_bit(DC_SUSPENDED, &dc->flags)) {
 		DMERR("%s: key messages need a suspended device",
 		      dm_table_device_name(ti->table));
-		return -EBUSY;
-	}
-	if (argc == 2 && !strcasecmp(argv[1], "wipe"))
-		return dc_wipe_key(dc);
-	if (argc == 3 && !strcasecmp(argv[1], "set")) {
+		r = -EBUSY;
+	} else if (wipe) {
+		r = dc_wipe_key(dc);
+	} else {
 		r = dc_set_key(dc, argv[2], &error);
 		if (r)
 			DMERR("%s: key set refused: %s",
 			      dm_table_device_name(ti->table), error);
-		return r;
 	}
+	mutex_unlock(&dc->key_lock);
+	return r;
+
 unknown:
 	DMERR("%s: unrecognised message", dm_table_device_name(ti->table));
 	return -EINVAL;

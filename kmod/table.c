@@ -200,7 +200,11 @@ int dc_parse_cipher(struct dm_target *ti, struct dc_config *dc,
 			return r;
 	}
 
-	tfm = crypto_alloc_skcipher(name, 0, 0);
+	/*
+	 * As dm-crypt: never a driver that allocates memory per request, which
+	 * could fail or recurse into writeback on this very device.
+	 */
+	tfm = crypto_alloc_skcipher(name, 0, CRYPTO_ALG_ALLOCATES_MEMORY);
 	if (IS_ERR(tfm)) {
 		ti->error = "Cannot allocate cipher: algorithm unknown to the crypto API";
 		return PTR_ERR(tfm);
@@ -227,8 +231,26 @@ int dc_parse_cipher(struct dm_target *ti, struct dc_config *dc,
 }
 
 /*
+ * TABLE status prints the description as it is, and dm splits table lines
+ * at whitespace (isspace(), Latin-1 no-break space included) and takes a
+ * backslash as an escape: a description with either would not read back the
+ * same, nor would one with ASCII control characters (tools print them raw).
+ * Other bytes, UTF-8 included, are printed back unchanged.
+ */
+static bool dc_desc_prints_back(const char *desc)
+{
+	const unsigned char *p;
+
+	for (p = (const unsigned char *)desc; *p; p++)
+		if (*p < 0x20 || *p == 0x7f || isspace(*p) || *p == '\\')
+			return false;
+	return true;
+}
+
+/*
  * <key>: ":64:logon:<description>", a reference to a logon key in the
- * caller's keyrings. Hex keys, other sizes and other key types are refused.
+ * caller's keyrings. Hex keys, other sizes and other key types are refused,
+ * and so are descriptions that the table could not print back.
  * On success *desc points into @keyref.
  */
 int dc_parse_keyref(const char *keyref, const char **desc, char **error)
@@ -279,6 +301,10 @@ int dc_parse_keyref(const char *keyref, const char **desc, char **error)
 	}
 	if (!colon[1]) {
 		*error = "Missing key description";
+		return -EINVAL;
+	}
+	if (!dc_desc_prints_back(colon + 1)) {
+		*error = "Key description must be printable, without whitespace or backslashes";
 		return -EINVAL;
 	}
 	*desc = colon + 1;

@@ -31,6 +31,7 @@ static void dc_dtr(struct dm_target *ti)
 	kfree(dc->key_desc);
 	kfree(dc->cipher_string);
 	mutex_destroy(&dc->alloc_lock);
+	mutex_destroy(&dc->key_lock);
 	kfree_sensitive(dc);
 }
 
@@ -87,6 +88,7 @@ static int dc_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	dc->inline_depth = DC_DEFAULT_INLINE_DEPTH;
 	atomic_set(&dc->inflight, 0);
 	mutex_init(&dc->alloc_lock);
+	mutex_init(&dc->key_lock);
 
 	if (argc > 5) {
 		r = dc_parse_features(ti, dc, argc - 5, argv + 5);
@@ -161,6 +163,11 @@ static int dc_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 
 	ti->num_flush_bios = 1;
 	ti->accounts_remapped_io = true;
+	/*
+	 * Swap writes need bounce pages to get memory back: let dm bound
+	 * how many are in flight (the swap_bios module parameter).
+	 */
+	ti->limit_swap_bios = true;
 	if (test_bit(DC_ALLOW_DISCARDS, &dc->flags))
 		ti->num_discard_bios = 1;
 	return 0;
@@ -177,23 +184,28 @@ static void dc_postsuspend(struct dm_target *ti)
 	set_bit(DC_SUSPENDED, &dc->flags);
 }
 
+/*
+ * The last step that may refuse a resume. Once the key is found valid,
+ * DC_SUSPENDED is cleared under key_lock, so that no key message can start
+ * between this check and the first bio. (If another target of the table
+ * refuses to resume, the device stays suspended but refuses key messages
+ * until it is resumed.)
+ */
 static int dc_preresume(struct dm_target *ti)
 {
 	struct dc_config *dc = ti->private;
+	int r = 0;
 
-	if (!test_bit(DC_KEY_VALID, &dc->flags)) {
+	mutex_lock(&dc->key_lock);
+	if (test_bit(DC_KEY_VALID, &dc->flags)) {
+		clear_bit(DC_SUSPENDED, &dc->flags);
+	} else {
 		DMERR("%s: resume refused: the key was wiped; send \"key set\" first",
 		      dm_table_device_name(ti->table));
-		return -ENOKEY;
+		r = -ENOKEY;
 	}
-	return 0;
-}
-
-static void dc_resume(struct dm_target *ti)
-{
-	struct dc_config *dc = ti->private;
-
-	clear_bit(DC_SUSPENDED, &dc->flags);
+	mutex_unlock(&dc->key_lock);
+	return r;
 }
 
 static int dc_iterate_devices(struct dm_target *ti,
@@ -215,7 +227,6 @@ static struct target_type dc_target = {
 	.status			= dc_status,
 	.postsuspend		= dc_postsuspend,
 	.preresume		= dc_preresume,
-	.resume			= dc_resume,
 	.message		= dc_message,
 	.iterate_devices	= dc_iterate_devices,
 	.io_hints		= dc_io_hints,

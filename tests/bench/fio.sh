@@ -1,66 +1,122 @@
 #!/bin/sh
-# The guest half of `make bench`: fio on the same backing device (/dev/vda)
-# raw, through dm-crypt (defaults), dm-crypt with no_read_workqueue and
-# no_write_workqueue, diskcrypt (defaults) and diskcrypt with all crypto
-# inline whatever the queue depth (inline_depth:65536). Rounds are interleaved (every config runs
-# once per round) so that drift in the emulator hits all configs alike.
-# Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS>" lines.
+# The guest half of `make bench`: the same fio workloads on one backing device
+# raw and through each configuration. BENCH_MODE picks the device and set:
+#   wallclock (default): /dev/vda (virtio, image in host RAM); raw, dm-crypt
+#     (defaults), dm-crypt with no_read_workqueue and no_write_workqueue,
+#     diskcrypt (defaults) and diskcrypt with all crypto inline whatever the
+#     queue depth (inline_depth:65536). Rounds are interleaved (every config
+#     runs once per round) so that drift in the emulator hits all configs alike.
+#   icount (the host runs QEMU with -icount): a brd ram disk, so that nothing
+#     waits on the host and guest time counts instructions; raw, dm-crypt both
+#     ways, dm-crypt with cipher_null-ecb and the no-workqueue flags (the same
+#     target without the cipher: the cipher's share of the path), diskcrypt.
+# BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline).
+# Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS> <I/Os> <ms>"
+# lines (I/Os completed in fio's runtime of <ms> milliseconds).
+# shellcheck source-path=SCRIPTDIR source=../kmod/common.sh
 . /tests/kmod/common.sh
 kmod_setup || { fail bench-setup "cannot load dm-diskcrypt or add the key"; exit 1; }
 
+MODE=${BENCH_MODE:-wallclock}
 ROUNDS=${BENCH_ROUNDS:-5}
 RUNTIME=${BENCH_RUNTIME:-3}
 SIZE=128M
-LEN=$((256 * MiB))	# sectors in the benchmark region
+case $MODE in
+wallclock)
+	DEV=/dev/vda
+	LEN=$((256 * MiB))	# sectors in the benchmark region
+	CONFIGS="raw crypt-default crypt-noqueue diskcrypt dc-inline"
+	FIO_RUNTIME=${RUNTIME}s
+	SEED=0	# new random offsets every run
+	;;
+icount)
+	# brd was loaded at boot with 16 small disks: one disk that holds SIZE.
+	/sbin/rmmod brd 2>/dev/null
+	/sbin/modprobe brd rd_nr=1 rd_size=$((128 * 1024)) max_part=0 ||
+		{ fail bench-setup "cannot load brd"; exit 1; }
+	DEV=/dev/ram0
+	LEN=$((128 * MiB))
+	ROUNDS=1	# every run gives the same figures
+	CONFIGS="raw crypt-default crypt-noqueue crypt-null diskcrypt"
+	FIO_RUNTIME=${BENCH_ICOUNT_MS:-300}ms
+	SEED=1	# the same offsets every boot
+	;;
+*)
+	fail bench-setup "BENCH_MODE=$MODE: want wallclock or icount"
+	exit 1
+	;;
+esac
 
-# Prefill so that reads return written data everywhere.
+# BENCH_CONFIGS comes from the kernel command line, commas for spaces.
+[ -n "${BENCH_CONFIGS:-}" ] && CONFIGS=$(echo "$BENCH_CONFIGS" | tr ',' ' ')
+
+# Prefill so that reads return written data everywhere (on brd: so that every
+# read finds a page, as on a used disk).
 dd if=/dev/urandom of=/tmp/fill bs=1M count=8 2>/dev/null
 i=0
 while [ $i -lt 128 ]; do
-	dd if=/tmp/fill of=/dev/vda bs=1M seek=$i oflag=direct conv=notrunc 2>/dev/null
+	dd if=/tmp/fill of=$DEV bs=1M seek=$i oflag=direct conv=notrunc 2>/dev/null
 	i=$((i + 8))
 done
+rm -f /tmp/fill
 
-dm_create crypt-default "0 $LEN crypt aes-xts-plain64 $KEYREF 0 /dev/vda 0"
-dm_create crypt-noqueue "0 $LEN crypt aes-xts-plain64 $KEYREF 0 /dev/vda 0 2 no_read_workqueue no_write_workqueue"
-dm_create diskcrypt "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda 0"
-dm_create dc-inline "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vda 0 1 inline_depth:65536"
+NOQ="2 no_read_workqueue no_write_workqueue"
+for cfg in $CONFIGS; do
+	case $cfg in
+	raw) ;;
+	crypt-default) dm_create "$cfg" "0 $LEN crypt aes-xts-plain64 $KEYREF 0 $DEV 0" ;;
+	crypt-noqueue) dm_create "$cfg" "0 $LEN crypt aes-xts-plain64 $KEYREF 0 $DEV 0 $NOQ" ;;
+	crypt-null) dm_create "$cfg" "0 $LEN crypt cipher_null-ecb - 0 $DEV 0 $NOQ" ;;
+	diskcrypt) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0" ;;
+	dc-inline) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 inline_depth:65536" ;;
+	*)
+		fail bench-setup "unknown config '$cfg'"
+		exit 1
+		;;
+	esac || { fail "bench-$cfg" "cannot create the mapping"; exit 1; }
+done
 
 dev_of() {
 	case $1 in
-	raw) echo /dev/vda ;;
+	raw) echo $DEV ;;
 	*) echo "/dev/mapper/$1" ;;
 	esac
 }
 
-# name rw bs iodepth
-WORKLOADS="randread-4k-qd1:randread:4k:1 randread-4k-qd32:randread:4k:32
-randwrite-4k-qd1:randwrite:4k:1 randwrite-4k-qd32:randwrite:4k:32
-read-1m:read:1m:4 write-1m:write:1m:4"
+# name rw bs(KiB) iodepth
+WORKLOADS="randread-4k-qd1:randread:4:1 randread-4k-qd32:randread:4:32
+randwrite-4k-qd1:randwrite:4:1 randwrite-4k-qd32:randwrite:4:32
+read-1m:read:1024:4 write-1m:write:1024:4"
 
-info "BENCH rounds=$ROUNDS runtime=${RUNTIME}s size=$SIZE cpus=$(nproc) driver=$(grep -A2 'name *: xts(aes)' /proc/crypto | sed -n 's/driver *: //p' | head -n 1)"
+info "BENCH mode=$MODE rounds=$ROUNDS runtime=$FIO_RUNTIME size=$SIZE cpus=$(nproc) driver=$(grep -A2 'name *: xts(aes)' /proc/crypto | sed -n 's/driver *: //p' | head -n 1)"
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
 	for w in $WORKLOADS; do
 		name=${w%%:*} rest=${w#*:}
 		rw=${rest%%:*} rest=${rest#*:}
 		bs=${rest%%:*} qd=${rest#*:}
-		for cfg in raw crypt-default crypt-noqueue diskcrypt dc-inline; do
-			out=$(fio --name=b --filename="$(dev_of "$cfg")" --rw="$rw" --bs="$bs" \
+		for cfg in $CONFIGS; do
+			out=$(fio --name=b --filename="$(dev_of "$cfg")" --rw="$rw" --bs="${bs}k" \
 				--iodepth="$qd" --ioengine=libaio --direct=1 --size=$SIZE \
-				--runtime="$RUNTIME" --time_based --randrepeat=0 --norandommap \
+				--runtime="$FIO_RUNTIME" --time_based --randrepeat=$SEED --norandommap \
 				--output-format=terse --terse-version=3 2>/dev/null) || {
 				fail "bench-$cfg-$name" "fio failed"
 				continue
 			}
+			# terse v3: KiB, KiB/s, IOPS, ms of reads (fields 6-9) and writes (47-50)
 			case $rw in
-			*read) set -- $(echo "$out" | awk -F';' '{ print $7, $8 }') ;;
-			*) set -- $(echo "$out" | awk -F';' '{ print $48, $49 }') ;;
+			*read) f=6 ;;
+			*) f=47 ;;
 			esac
-			info "RESULT $cfg $name $round $1 $2"
+			read -r kib kibs iops ms <<-EOT
+				$(echo "$out" | awk -F';' -v f=$f '{ print $f, $(f + 1), $(f + 2), $(f + 3) }')
+			EOT
+			info "RESULT $cfg $name $round $kibs $iops $((kib / bs)) $ms"
 		done
 	done
 	round=$((round + 1))
 done
-dm_remove crypt-default crypt-noqueue diskcrypt dc-inline
+for cfg in $CONFIGS; do
+	[ "$cfg" = raw ] || dm_remove "$cfg"
+done
 pass bench-complete

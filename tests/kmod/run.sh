@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# The kernel suite: boots Debian's kernel in QEMU with dm-diskcrypt.ko and runs
-# the guest tests in three guests, then decrypts what each guest wrote with
-# OpenSSL on the host:
-#   max-smp2   -cpu max (AES-NI), 2 CPUs: every test
-#   qemu64     -cpu qemu64 (generic AES), 1 CPU: the crypto-dependent tests
-#   debug      -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1 panic_on_warn=1:
-#              the data-path tests
+# The kernel suite: boots a kernel in QEMU with dm-diskcrypt.ko and runs the
+# guest tests in four guests (five with the debug kernel), then decrypts what
+# each guest wrote with OpenSSL on the host:
+#   max-smp2   Debian's kernel, -cpu max (AES-NI), 2 CPUs: every test but forward
+#   qemu64     Debian's kernel, -cpu qemu64 (generic AES), 1 CPU: the
+#              crypto-dependent tests
+#   forward    Debian's kernel, -cpu max, 2 CPUs, 448 MiB: forward progress
+#              under memory pressure with async crypto (the test arms the hung
+#              task detector: 20 s, panic)
+#   slub       Debian's kernel, -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1
+#              panic_on_warn=1: the data-path and concurrency tests
+#   debug      (not by default: make test-kmod-debug) the debug kernel of tests/vm/debug-kernel.sh (KASAN, KFENCE,
+#              lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung task detector;
+#              built on first use, ~20 CPU-minutes), -cpu max, 2 CPUs, panic on a hung
+#              task or soft lockup: the data-path, concurrency and pressure tests,
+#              forward included. The module is rebuilt from kmod/ against it in
+#              $DISKCRYPT_BUILD/kmod-debug.
 # All guests get cryptd.cryptd_max_cpu_qlen=16, so that the asynchronous
 # tests also fill cryptd's queue and exercise the backlog.
 #
 # Usage: tests/kmod/run.sh [TEST,...]   run these tests in every guest instead
 # Environment:
 #   DISKCRYPT_BUILD   build folder (default <repo>/build)
-#   DISKCRYPT_GUESTS  which guests (default "max-smp2 qemu64 debug")
+#   DISKCRYPT_GUESTS  which guests (default "max-smp2 qemu64 forward slub")
+#   DISKCRYPT_PARALLEL  1 (default with 2+ host CPUs): one guest (debug if listed,
+#                     else qemu64, which has one CPU) runs beside the others;
+#                     0: one guest after another
 #   KMOD              the module (default <repo>/kmod/dm-diskcrypt.ko)
+#   KMOD_SRC          the module's source, for the debug guest (default <repo>/kmod)
 #   XTS_REF           the OpenSSL reference tool (default $DISKCRYPT_BUILD/cmake/tests/xts-ref)
 # Exit status: 0 all passed, 1 a check failed, 2 the harness failed.
 set -euo pipefail
@@ -21,17 +35,29 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
+KMOD_SRC=${KMOD_SRC:-$ROOT/kmod}
 XTS_REF=${XTS_REF:-$BUILD/cmake/tests/xts-ref}
 ONLY=${1:-}
+GUESTS=${DISKCRYPT_GUESTS:-max-smp2 qemu64 forward slub}
 W=$BUILD/vm/kmod
 
 # guest: cpu smp extra-kernel-args tests
 guest_config() {
 	case $1 in
-	max-smp2) echo "max 2 - kat,interop,tables,messages,zero,reload,datapath,async,flush,errors,pressure" ;;
+	max-smp2) echo "max 2 - kat,interop,tables,messages,zero,reload,datapath,async,flush,errors,pressure,swap" ;;
 	qemu64) echo "qemu64 1 - kat,interop,zero,datapath,async" ;;
-	debug) echo "max 2 slub_debug=FZPU,page_poison=1,panic_on_warn=1 datapath,async,errors,pressure,reload" ;;
+	debug) echo "max 2 hung_task_panic=1,softlockup_panic=1,loglevel=5 datapath,async,errors,pressure,messages,reload,forward" ;;
+	forward) echo "max 2 - forward" ;;
+	slub) echo "max 2 slub_debug=FZPU,page_poison=1,panic_on_warn=1 datapath,async,errors,pressure,reload,messages" ;;
 	*) echo "kmod/run.sh: unknown guest $1" >&2; return 1 ;;
+	esac
+}
+
+# guest: memory in MiB (small where the test needs memory pressure)
+guest_mem() {
+	case $1 in
+	forward) echo 448 ;;
+	*) echo 1024 ;;
 	esac
 }
 
@@ -46,20 +72,39 @@ head -c 64 /dev/urandom >"$W/key.bin"
 head -c 1048576 /dev/urandom >"$W/pattern.bin"
 # Guest-side tools, static so that they need nothing from the initramfs.
 gcc -static -O2 -Wall -Wextra -Werror -o "$W/bioshapes" "$ROOT/tests/kmod/tools/bioshapes.c"
+gcc -static -O2 -Wall -Wextra -Werror -o "$W/dmrace" "$ROOT/tests/kmod/tools/dmrace.c"
+initramfs_args=(--tests "$ROOT/tests/kmod"
+	--file "$W/key.bin:/data/key.bin" --file "$W/pattern.bin:/data/pattern.bin"
+	--file "$W/bioshapes:/usr/local/bin/bioshapes" --file "$W/dmrace:/usr/local/bin/dmrace")
 "$ROOT/tests/vm/mkinitramfs.sh" --kver "$kver" --out "$W/initramfs.cpio" \
-	--module "$KMOD" --tests "$ROOT/tests/kmod" \
-	--file "$W/key.bin:/data/key.bin" --file "$W/pattern.bin:/data/pattern.bin" \
-	--file "$W/bioshapes:/usr/local/bin/bioshapes"
+	--module "$KMOD" "${initramfs_args[@]}"
 
-passed=0 failed=0 rc=0
+# The debug guest: its kernel (built once, cached), the module built from
+# KMOD_SRC against it in a folder of its own (kmod/ holds the build for
+# Debian's kernel), and an initramfs with that module.
+case " $GUESTS " in
+*" debug "*)
+	dk=$("$ROOT/tests/vm/debug-kernel.sh") || { echo "kmod/run.sh: cannot build the debug kernel" >&2; exit 2; }
+	{ read -r debug_kdir; read -r debug_kver; } <<<"$dk"
+	dmod=$BUILD/kmod-debug
+	mkdir -p "$dmod"
+	# -p keeps the times, so that make rebuilds only what changed.
+	cp -p "$KMOD_SRC"/Kbuild "$KMOD_SRC"/*.[ch] "$dmod/"
+	make -s -C "$debug_kdir/$debug_kver/build" M="$dmod" modules >&2 ||
+		{ echo "kmod/run.sh: building the module against the debug kernel failed" >&2; exit 2; }
+	"$ROOT/tests/vm/mkinitramfs.sh" --kernel-dir "$debug_kdir" --kver "$debug_kver" \
+		--out "$W/initramfs-debug.cpio" --module "$dmod/dm-diskcrypt.ko" "${initramfs_args[@]}"
+	;;
+esac
+
+# PASS/FAIL lines of the host's own checks; each guest's go to its run folder
+# (run-GUEST/host.txt), where the totals are counted at the end.
 result() {
 	if [ "$1" = PASS ]; then
-		passed=$((passed + 1))
 		echo "PASS $2"
 	else
-		failed=$((failed + 1))
 		echo "FAIL $2: $3"
-	fi
+	fi | tee -a "$host_results"
 }
 
 # The host's own check of the guest's ciphertext: decrypt each known-answer
@@ -76,7 +121,7 @@ openssl_check() {
 		[ "$large" = 1 ] && flags=(--iv-large-sectors)
 		if "$XTS_REF" --key "$W/key.bin" --image "$img" --dev-offset $((slot * 2048)) \
 			--length 1048576 --sector-size "$ss" --iv-offset "$iv" "${flags[@]}" \
-			--decrypt --out "$W/plain.bin" && cmp -s "$W/plain.bin" "$W/pattern.bin"; then
+			--decrypt --out "$W/plain-$cpu.bin" && cmp -s "$W/plain-$cpu.bin" "$W/pattern.bin"; then
 			result PASS "kat-openssl-$name-$cpu"
 		else
 			result FAIL "kat-openssl-$name-$cpu" "OpenSSL AES-256-XTS disagrees with the guest's ciphertext"
@@ -84,29 +129,69 @@ openssl_check() {
 	done <"$ROOT/tests/kmod/kat-cases.txt"
 }
 
-for guest in ${DISKCRYPT_GUESTS:-max-smp2 qemu64 debug}; do
+# run_guest GUEST: boot it, run its tests, check its ciphertext; leaves
+# run-GUEST/results.txt, host.txt and rc (run.sh's exit status).
+run_guest() {
+	local guest=$1 cpu smp extra tests append vda vdb kernel vm_rc host_results timeout=1200
 	read -r cpu smp extra tests <<<"$(guest_config "$guest")"
 	[ -n "$ONLY" ] && tests=$ONLY
 	append=cryptd.cryptd_max_cpu_qlen=16
 	[ "$extra" != - ] && append="$append ${extra//,/ }"
 	vda=$W/vda-$guest.img vdb=$W/vdb-$guest.img
 	rm -rf "$vda" "$vdb" "$W/run-$guest"
+	mkdir -p "$W/run-$guest"
+	host_results=$W/run-$guest/host.txt
+	: >"$host_results"
 	truncate -s 320M "$vda" "$vdb"
+	if [ "$guest" = debug ]; then
+		kernel=(--kernel-dir "$debug_kdir" --kver "$debug_kver" --initramfs "$W/initramfs-debug.cpio")
+		timeout=2400
+	else
+		kernel=(--kver "$kver" --initramfs "$W/initramfs.cpio")
+	fi
 	set +e
-	"$ROOT/tests/vm/run.sh" --kver "$kver" --initramfs "$W/initramfs.cpio" \
-		--disk "$vda" --disk "$vdb" --cpu "$cpu" --smp "$smp" --append "$append" \
-		--run "$tests" --timeout 1200 --out "$W/run-$guest" --label "kmod-$guest"
+	"$ROOT/tests/vm/run.sh" "${kernel[@]}" \
+		--disk "$vda" --disk "$vdb" --cpu "$cpu" --smp "$smp" --mem "$(guest_mem "$guest")" \
+		--append "$append" --run "$tests" --timeout "$timeout" --out "$W/run-$guest" --label "kmod-$guest"
 	vm_rc=$?
 	set -e
-	[ "$vm_rc" -gt "$rc" ] && rc=$vm_rc
-	p=$(grep -c '^PASS ' "$W/run-$guest/results.txt" || true)
-	f=$(grep -c '^FAIL ' "$W/run-$guest/results.txt" || true)
-	passed=$((passed + p)) failed=$((failed + f))
-	[ "$vm_rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
+	echo "$vm_rc" >"$W/run-$guest/rc"
 	case ",$tests," in
 	*,kat,*) openssl_check "$guest" "$vda" "$W/run-$guest/results.txt" ;;
 	esac
 	rm -f "$vda" "$vdb"
+}
+
+# With two or more host CPUs one guest runs beside the others: the debug guest
+# if listed (the slowest: KASAN under TCG), else qemu64 (one CPU). Its output is
+# shown when it ends. DISKCRYPT_PARALLEL=0: one guest after another.
+bg="" bg_guest="" parallel=${DISKCRYPT_PARALLEL:-$(($(nproc) >= 2))}
+case " $GUESTS " in
+*" debug "*) bg_guest=debug ;;
+*" qemu64 "*) bg_guest=qemu64 ;;
+esac
+if [ "$parallel" = 1 ] && [ -n "$bg_guest" ] && [ "$GUESTS" != "$bg_guest" ]; then
+	run_guest "$bg_guest" >"$W/$bg_guest.log" 2>&1 &
+	bg=$!
+fi
+for guest in $GUESTS; do
+	[ -n "$bg" ] && [ "$guest" = "$bg_guest" ] && continue
+	run_guest "$guest"
+done
+if [ -n "$bg" ]; then
+	wait "$bg" || true
+	cat "$W/$bg_guest.log"
+fi
+
+passed=0 failed=0 rc=0
+for guest in $GUESTS; do
+	d=$W/run-$guest
+	vm_rc=$(cat "$d/rc" 2>/dev/null || echo 2)
+	[ "$vm_rc" -gt "$rc" ] && rc=$vm_rc
+	p=$(cat "$d/results.txt" "$d/host.txt" 2>/dev/null | grep -c '^PASS ' || true)
+	f=$(cat "$d/results.txt" "$d/host.txt" 2>/dev/null | grep -c '^FAIL ' || true)
+	passed=$((passed + p)) failed=$((failed + f))
+	[ "$vm_rc" -ne 0 ] && [ "$f" -eq 0 ] && failed=$((failed + 1))
 done
 
 [ "$failed" -gt 0 ] && [ "$rc" -eq 0 ] && rc=1

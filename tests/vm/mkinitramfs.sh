@@ -3,7 +3,8 @@
 #
 # Usage: tests/vm/mkinitramfs.sh [options]
 #   --kver KVER         guest kernel release (default: what tests/vm/kernel.sh prints)
-#   --kernel-dir DIR    kernel cache of tests/vm/kernel.sh (default $DISKCRYPT_BUILD/vm/kernel)
+#   --kernel-dir DIR    kernel cache of tests/vm/kernel.sh (default $DISKCRYPT_BUILD/vm/kernel),
+#                       or the folder tests/vm/debug-kernel.sh prints (with its --kver)
 #   --out FILE          output cpio (default $DISKCRYPT_BUILD/vm/initramfs.cpio)
 #   --module PATH.ko    out-of-tree module, installed to /lib/modules/KVER/extra/ (repeatable)
 #   --kmod NAME         extra in-tree module to include with its dependencies (repeatable)
@@ -164,7 +165,10 @@ for ko in "${oot_modules[@]}"; do
 	MODULES+=("${deps[@]}")
 done
 
-# In-tree modules with their dependencies (ignoring the host's modprobe.d).
+# In-tree modules with their dependencies (ignoring the host's modprobe.d). A module
+# built into the kernel (all of them in the debug kernel) is listed in modules.builtin:
+# modprobe prints "builtin NAME" for it, nothing is copied, and in the guest modprobe
+# succeeds without loading anything. A module that is neither is an error.
 for mod in "${MODULES[@]}"; do
 	[[ "$oot_names" != *" ${mod//-/_} "* ]] || continue
 	modprobe -C /dev/null -S "$kver" -d "$ktree" --show-depends "$mod" ||

@@ -91,8 +91,9 @@ dmesg_since_mark() {
 
 # kernel_warnings: print kernel log lines since the latest mark that show a kernel
 # bug or warning; succeeds if there is any. The words must start the message (after
-# the timestamp), so "modprobe: WARNING: ..." from user space does not count.
-DCTEST_KERNEL_BAD='(^|\] )(BUG:|Oops|WARNING:|Call Trace|general protection fault)'
+# the timestamp), so "modprobe: WARNING: ..." from user space does not count. The
+# debug kernel's soft lockup and hung task reports are included (tests/vm/run.sh).
+DCTEST_KERNEL_BAD='(^|\] )(watchdog: )?(BUG:|Oops|WARNING:|Call Trace|general protection fault|kernel BUG at|INFO: task .* blocked for more than)'
 kernel_warnings() {
 	dmesg_since_mark | grep -E "$DCTEST_KERNEL_BAD"
 }
