@@ -9,7 +9,9 @@
  * completion (softirq) context. While at most inline_depth bios are in
  * flight and the cipher completes synchronously (Debian's xts-aes-aesni
  * does whenever the FPU is usable, although it is registered as async),
- * neither path leaves the submitting or completing context.
+ * neither path leaves the submitting or completing context for bios of up
+ * to DC_INLINE_BYTES; the crypto of a larger bio beyond that continues on
+ * io_wq.
  *
  * One crypto request is issued per crypto sector. A request that completes
  * synchronously is reused for the next sector; one that goes asynchronous
@@ -24,6 +26,8 @@
  *  - no bounce pages or read clone without waiting: to wq, which may wait,
  *  - no crypto request without waiting, or a backlogged request, where
  *    waiting is not allowed: the rest of the bio's crypto goes to io_wq,
+ *  - the crypto of a bio beyond DC_INLINE_BYTES, outside the workqueues:
+ *    the rest of it to io_wq,
  *  - a write whose last request completed asynchronously: its submission
  *    moves out of the crypto driver's completion context, to io_wq,
  *  - the read_workqueue / write_workqueue table options: to wq.
@@ -63,15 +67,30 @@ enum dc_ctx {
 	DC_CTX_WORK,	/* the workqueue: may sleep and wait */
 };
 
+/*
+ * The most crypto one bio gets in map() or in a completion (softirq, which
+ * it holds up for every other device on that CPU): the rest continues on
+ * io_wq, which yields between sectors. 128 KiB is about 40 us with AES-NI
+ * and about 1 ms with the generic C AES. A per-CPU tasklet run converts at
+ * most DC_SOFTIRQ_BUDGET bytes before it lets other softirqs run.
+ */
+#define DC_INLINE_BYTES		(128 * 1024)
+#define DC_SOFTIRQ_BUDGET	(2 * DC_INLINE_BYTES)
+
 #define DC_REQ_POOL_SIZE	64
 #define DC_MIN_IOS		64	/* reserve of each bio set */
 /* Bounce pages: a ceiling of 2% of low memory, shared by all targets. */
 #define DC_MEMORY_PERCENT	2
 #define DC_MIN_PAGES		(8 * BIO_MAX_VECS)
 
-/* Read completions from hard-IRQ context wait here for softirq context. */
+/*
+ * Read completions from hard-IRQ context wait in list for softirq context.
+ * backlog holds those a tasklet run took but left for its next run (the
+ * tasklet alone touches it: a tasklet never runs twice at once).
+ */
 struct dc_softirq {
 	struct llist_head list;
+	struct llist_node *backlog;
 	struct tasklet_struct tasklet;
 };
 
@@ -280,6 +299,7 @@ static bool dc_convert(struct dc_io *io, enum dc_ctx ctx)
 	bool write = bio_data_dir(io->base_bio) == WRITE;
 	bool zeros = !write && test_bit(DC_ZERO_UNWRITTEN, &dc->flags);
 	bool large = test_bit(DC_IV_LARGE_SECTORS, &dc->flags);
+	unsigned int budget = DC_INLINE_BYTES;
 
 	while (io->iter_in.bi_size && !READ_ONCE(io->error)) {
 		struct bio_vec in = bio_iter_iovec(io->bio_in, io->iter_in);
@@ -294,6 +314,12 @@ static bool dc_convert(struct dc_io *io, enum dc_ctx ctx)
 				    dc->name, (unsigned long long)io->sector);
 			io->error = BLK_STS_IOERR;
 			break;
+		}
+		if (ctx != DC_CTX_WORK) {
+			/* Bounded work outside the workqueue. */
+			if (!budget)
+				return false;
+			budget -= min(budget, ss);
 		}
 		if (zeros && dc_sector_is_zero(in.bv_page, in.bv_offset, ss)) {
 			/* Never written: reads as zeros (in == out on reads). */
@@ -540,14 +566,39 @@ static void dc_read_work(struct work_struct *work)
 	dc_run(io, DC_CTX_WORK);
 }
 
+/*
+ * Oldest first: the backlog of the last run, then what arrived since. Each
+ * bio converts at most DC_INLINE_BYTES here (dc_convert() moves the rest to
+ * io_wq); past DC_SOFTIRQ_BUDGET the rest waits for the next run, so that
+ * other softirqs (and ksoftirqd, once softirq has run too long) get the CPU.
+ */
 static void dc_softirq_run(struct tasklet_struct *t)
 {
 	struct dc_softirq *q = from_tasklet(q, t, tasklet);
-	struct llist_node *list = llist_reverse_order(llist_del_all(&q->list));
-	struct dc_io *io, *next;
+	struct llist_node *node = q->backlog;
+	unsigned int budget = DC_SOFTIRQ_BUDGET;
+	struct dc_io *io;
 
-	llist_for_each_entry_safe(io, next, list, llnode)
+	while (budget) {
+		if (!node) {
+			node = llist_reverse_order(llist_del_all(&q->list));
+			if (!node)
+				break;
+		}
+		io = llist_entry(node, struct dc_io, llnode);
+		node = node->next;
+		budget -= min3(budget, io->iter.bi_size,
+			       (unsigned int)DC_INLINE_BYTES);
 		dc_run(io, DC_CTX_ATOMIC);
+	}
+	q->backlog = node;
+	/*
+	 * A bio added to an empty list after the last llist_del_all()
+	 * scheduled this tasklet itself; one left in list or backlog here
+	 * did not.
+	 */
+	if (node || !llist_empty(&q->list))
+		tasklet_schedule(t);
 }
 
 static void dc_read_endio(struct bio *clone)
@@ -807,6 +858,7 @@ void dc_io_module_init(void)
 		struct dc_softirq *q = per_cpu_ptr(&dc_softirq, cpu);
 
 		init_llist_head(&q->list);
+		q->backlog = NULL;
 		tasklet_setup(&q->tasklet, dc_softirq_run);
 	}
 }

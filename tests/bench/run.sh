@@ -12,7 +12,9 @@
 #   wallclock  plain TCG, the virtio disk (image in host RAM), five configurations
 #              (the above without cipher_null, plus diskcrypt inline_depth:65536),
 #              medians of BENCH_ROUNDS rounds (default 5) of BENCH_RUNTIME seconds.
-# Environment: BENCH_MODE, BENCH_ROUNDS, BENCH_RUNTIME, BENCH_ICOUNT_MS,
+#              BENCH_DEVICE=nullb: a memory-backed null_blk that completes in
+#              hard-IRQ context instead of brd (which completes in the submitter).
+# Environment: BENCH_MODE, BENCH_ROUNDS, BENCH_RUNTIME, BENCH_ICOUNT_MS, BENCH_DEVICE,
 # BENCH_CONFIGS (the guest's configuration list for both modes), BENCH_CPU (max
 # or qemu64), BENCH_SMP (wall-clock guest CPUs, default 2), DISKCRYPT_BUILD, KMOD.
 set -euo pipefail
@@ -46,6 +48,7 @@ cpu=${BENCH_CPU:-max}
 # BENCH_CONFIGS reaches the guest as one kernel argument, commas for spaces.
 configs=()
 [ -n "${BENCH_CONFIGS:-}" ] && configs=("BENCH_CONFIGS=${BENCH_CONFIGS// /,}")
+[ -n "${BENCH_DEVICE:-}" ] && configs+=("BENCH_DEVICE=$BENCH_DEVICE")
 rc=0
 times=()
 

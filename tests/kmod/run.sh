@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The kernel suite: boots a kernel in QEMU with dm-diskcrypt.ko and runs the
-# guest tests in four guests (five with the debug kernel), then decrypts what
-# each guest wrote with OpenSSL on the host:
+# guest tests in four guests on Debian's kernel (and, when asked, two on a
+# debug build of it), then decrypts what each guest wrote with OpenSSL on the
+# host:
 #   max-smp2   Debian's kernel, -cpu max (AES-NI), 2 CPUs: every test but forward
 #   qemu64     Debian's kernel, -cpu qemu64 (generic AES), 1 CPU: the
 #              crypto-dependent tests
@@ -10,12 +11,17 @@
 #              task detector: 20 s, panic)
 #   slub       Debian's kernel, -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1
 #              panic_on_warn=1: the data-path and concurrency tests
-#   debug      (not by default: make test-kmod-debug) the debug kernel of tests/vm/debug-kernel.sh (KASAN, KFENCE,
-#              lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung task detector;
-#              built on first use, ~20 CPU-minutes), -cpu max, 2 CPUs, panic on a hung
-#              task or soft lockup: the data-path, concurrency and pressure tests,
-#              forward included. The module is rebuilt from kmod/ against it in
-#              $DISKCRYPT_BUILD/kmod-debug.
+#   debug      (not by default) the debug kernel of tests/vm/debug-kernel.sh
+#              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung task detector;
+#              built on first use, ~20 CPU-minutes), -cpu max, 2 CPUs, panic on
+#              a hung task or soft lockup: messages (the key-message race),
+#              reload and forward (the hang), sized for KASAN under TCG (4 MiB
+#              per forward writer, 900 s for fio, no dm-crypt control run,
+#              cryptd over AES-NI instead of the C AES, which KASAN slows to
+#              ~150 KiB/s, hung tasks at 120 s). The module is rebuilt from
+#              kmod/ against it in $DISKCRYPT_BUILD/kmod-debug.
+#   debug-full (not by default: make test-kmod-debug) the same kernel and sizes
+#              (4 MiB per fio job) with datapath, async and pressure as well
 # All guests get cryptd.cryptd_max_cpu_qlen=16, so that the asynchronous
 # tests also fill cryptd's queue and exercise the backlog.
 #
@@ -23,8 +29,8 @@
 # Environment:
 #   DISKCRYPT_BUILD   build folder (default <repo>/build)
 #   DISKCRYPT_GUESTS  which guests (default "max-smp2 qemu64 forward slub")
-#   DISKCRYPT_PARALLEL  1 (default with 2+ host CPUs): one guest (debug if listed,
-#                     else qemu64, which has one CPU) runs beside the others;
+#   DISKCRYPT_PARALLEL  1 (default with 2+ host CPUs): qemu64 and the debug
+#                     guests run one after another beside the others;
 #                     0: one guest after another
 #   KMOD              the module (default <repo>/kmod/dm-diskcrypt.ko)
 #   KMOD_SRC          the module's source, for the debug guest (default <repo>/kmod)
@@ -41,12 +47,20 @@ ONLY=${1:-}
 GUESTS=${DISKCRYPT_GUESTS:-max-smp2 qemu64 forward slub}
 W=$BUILD/vm/kmod
 
+# The debug kernel's guests: panic on a hung task or soft lockup, and sizes
+# for KASAN under TCG (tests/kmod/common.sh, async.sh, forward.sh).
+DEBUG_ARGS=hung_task_panic=1,softlockup_panic=1,loglevel=5,DCTEST_FIO_MIB=4
+DEBUG_ARGS+=,DCTEST_FORWARD_MIB=4,DCTEST_FORWARD_LIMIT=900,DCTEST_FORWARD_CONTROL=0
+DEBUG_ARGS+=,DCTEST_HUNG_TASK_SECS=120
+DEBUG_ARGS+=,DCTEST_ASYNC_AES=aes-aesni
+
 # guest: cpu smp extra-kernel-args tests
 guest_config() {
 	case $1 in
 	max-smp2) echo "max 2 - kat,interop,tables,messages,zero,reload,datapath,async,flush,errors,pressure,swap" ;;
 	qemu64) echo "qemu64 1 - kat,interop,zero,datapath,async" ;;
-	debug) echo "max 2 hung_task_panic=1,softlockup_panic=1,loglevel=5 datapath,async,errors,pressure,messages,reload,forward" ;;
+	debug) echo "max 2 $DEBUG_ARGS messages,reload,forward" ;;
+	debug-full) echo "max 2 $DEBUG_ARGS datapath,async,pressure,messages,reload,forward" ;;
 	forward) echo "max 2 - forward" ;;
 	slub) echo "max 2 slub_debug=FZPU,page_poison=1,panic_on_warn=1 datapath,async,errors,pressure,reload,messages" ;;
 	*) echo "kmod/run.sh: unknown guest $1" >&2; return 1 ;;
@@ -79,23 +93,28 @@ initramfs_args=(--tests "$ROOT/tests/kmod"
 "$ROOT/tests/vm/mkinitramfs.sh" --kver "$kver" --out "$W/initramfs.cpio" \
 	--module "$KMOD" "${initramfs_args[@]}"
 
-# The debug guest: its kernel (built once, cached), the module built from
-# KMOD_SRC against it in a folder of its own (kmod/ holds the build for
-# Debian's kernel), and an initramfs with that module.
-case " $GUESTS " in
-*" debug "*)
-	dk=$("$ROOT/tests/vm/debug-kernel.sh") || { echo "kmod/run.sh: cannot build the debug kernel" >&2; exit 2; }
+# The debug guests' kernel (built once, cached; make check starts building it
+# in the background at its start), the module built from KMOD_SRC against it
+# in a folder of its own (kmod/ holds the build for Debian's kernel), and an
+# initramfs with that module. Done once, just before the first debug guest,
+# so that the other guests need not wait for the kernel. Returns non-zero if
+# any of it failed.
+debug_kdir="" debug_kver=""
+prepare_debug() {
+	local dk dmod
+	[ -n "$debug_kver" ] && return 0
+	dk=$("$ROOT/tests/vm/debug-kernel.sh") || { echo "kmod/run.sh: cannot build the debug kernel" >&2; return 1; }
 	{ read -r debug_kdir; read -r debug_kver; } <<<"$dk"
 	dmod=$BUILD/kmod-debug
 	mkdir -p "$dmod"
 	# -p keeps the times, so that make rebuilds only what changed.
 	cp -p "$KMOD_SRC"/Kbuild "$KMOD_SRC"/*.[ch] "$dmod/"
 	make -s -C "$debug_kdir/$debug_kver/build" M="$dmod" modules >&2 ||
-		{ echo "kmod/run.sh: building the module against the debug kernel failed" >&2; exit 2; }
+		{ echo "kmod/run.sh: building the module against the debug kernel failed" >&2; return 1; }
 	"$ROOT/tests/vm/mkinitramfs.sh" --kernel-dir "$debug_kdir" --kver "$debug_kver" \
-		--out "$W/initramfs-debug.cpio" --module "$dmod/dm-diskcrypt.ko" "${initramfs_args[@]}"
-	;;
-esac
+		--out "$W/initramfs-debug.cpio" --module "$dmod/dm-diskcrypt.ko" "${initramfs_args[@]}" ||
+		return 1
+}
 
 # PASS/FAIL lines of the host's own checks; each guest's go to its run folder
 # (run-GUEST/host.txt), where the totals are counted at the end.
@@ -143,7 +162,11 @@ run_guest() {
 	host_results=$W/run-$guest/host.txt
 	: >"$host_results"
 	truncate -s 320M "$vda" "$vdb"
-	if [ "$guest" = debug ]; then
+	if [[ $guest == debug* ]]; then
+		if ! prepare_debug; then
+			echo 2 >"$W/run-$guest/rc"
+			return
+		fi
 		kernel=(--kernel-dir "$debug_kdir" --kver "$debug_kver" --initramfs "$W/initramfs-debug.cpio")
 		timeout=2400
 	else
@@ -162,25 +185,31 @@ run_guest() {
 	rm -f "$vda" "$vdb"
 }
 
-# With two or more host CPUs one guest runs beside the others: the debug guest
-# if listed (the slowest: KASAN under TCG), else qemu64 (one CPU). Its output is
-# shown when it ends. DISKCRYPT_PARALLEL=0: one guest after another.
-bg="" bg_guest="" parallel=${DISKCRYPT_PARALLEL:-$(($(nproc) >= 2))}
-case " $GUESTS " in
-*" debug "*) bg_guest=debug ;;
-*" qemu64 "*) bg_guest=qemu64 ;;
-esac
-if [ "$parallel" = 1 ] && [ -n "$bg_guest" ] && [ "$GUESTS" != "$bg_guest" ]; then
-	run_guest "$bg_guest" >"$W/$bg_guest.log" 2>&1 &
+# With two or more host CPUs, qemu64 (one CPU) and then the debug guests (which
+# may first wait for their kernel) run one after another beside the others;
+# their output is shown when they end. DISKCRYPT_PARALLEL=0: one guest after
+# another.
+bg="" bg_guests=() fg_guests=() parallel=${DISKCRYPT_PARALLEL:-$(($(nproc) >= 2))}
+for guest in $GUESTS; do
+	case $guest in
+	qemu64 | debug*) bg_guests+=("$guest") ;;
+	*) fg_guests+=("$guest") ;;
+	esac
+done
+if [ "$parallel" != 1 ] || ((${#fg_guests[@]} == 0)); then
+	read -r -a fg_guests <<<"$GUESTS"
+	bg_guests=()
+fi
+if ((${#bg_guests[@]})); then
+	(for guest in "${bg_guests[@]}"; do run_guest "$guest"; done) >"$W/background.log" 2>&1 &
 	bg=$!
 fi
-for guest in $GUESTS; do
-	[ -n "$bg" ] && [ "$guest" = "$bg_guest" ] && continue
+for guest in "${fg_guests[@]}"; do
 	run_guest "$guest"
 done
 if [ -n "$bg" ]; then
 	wait "$bg" || true
-	cat "$W/$bg_guest.log"
+	cat "$W/background.log"
 fi
 
 passed=0 failed=0 rc=0
