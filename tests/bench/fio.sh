@@ -8,8 +8,8 @@
 #     runs once per round) so that drift in the emulator hits all configs alike.
 #   icount (the host runs QEMU with -icount): a brd ram disk (or with
 #     BENCH_DEVICE=nullb a memory-backed null_blk that completes in hard-IRQ
-#     context), so that nothing
-#     waits on the host and guest time counts instructions; raw, dm-crypt both
+#     context), so that nothing waits on the host and guest time counts
+#     instructions; raw, dm-crypt both
 #     ways, dm-crypt with cipher_null-ecb and the no-workqueue flags (the same
 #     target without the cipher: the cipher's share of the path), diskcrypt.
 # BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline).

@@ -8,12 +8,12 @@
 #              cipher_null-ecb (the cipher's share) and diskcrypt, one fio run of
 #              BENCH_ICOUNT_MS (300) ms of guest time each. IOPS = 1e9 /
 #              instructions per I/O; with nothing random (below), the same
-#              figures on every boot.
+#              figures on every boot. BENCH_DEVICE=nullb: a memory-backed
+#              null_blk that completes in hard-IRQ context instead of brd
+#              (which completes in the submitter).
 #   wallclock  plain TCG, the virtio disk (image in host RAM), five configurations
 #              (the above without cipher_null, plus diskcrypt inline_depth:65536),
 #              medians of BENCH_ROUNDS rounds (default 5) of BENCH_RUNTIME seconds.
-#              BENCH_DEVICE=nullb: a memory-backed null_blk that completes in
-#              hard-IRQ context instead of brd (which completes in the submitter).
 # Environment: BENCH_MODE, BENCH_ROUNDS, BENCH_RUNTIME, BENCH_ICOUNT_MS, BENCH_DEVICE,
 # BENCH_CONFIGS (the guest's configuration list for both modes), BENCH_CPU (max
 # or qemu64), BENCH_SMP (wall-clock guest CPUs, default 2), DISKCRYPT_BUILD, KMOD.

@@ -12,8 +12,9 @@
 #   slub       Debian's kernel, -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1
 #              panic_on_warn=1: the data-path and concurrency tests
 #   debug      (not by default) the debug kernel of tests/vm/debug-kernel.sh
-#              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung task detector;
-#              built on first use, ~20 CPU-minutes), -cpu max, 2 CPUs, panic on
+#              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung
+#              task detector; built on first use, ~20 CPU-minutes), -cpu max,
+#              2 CPUs, panic on
 #              a hung task or soft lockup: messages (the key-message race),
 #              reload and forward (the hang), sized for KASAN under TCG (4 MiB
 #              per forward writer, 900 s for fio, no dm-crypt control run,
@@ -93,12 +94,11 @@ initramfs_args=(--tests "$ROOT/tests/kmod"
 "$ROOT/tests/vm/mkinitramfs.sh" --kver "$kver" --out "$W/initramfs.cpio" \
 	--module "$KMOD" "${initramfs_args[@]}"
 
-# The debug guests' kernel (built once, cached; make check starts building it
-# in the background at its start), the module built from KMOD_SRC against it
-# in a folder of its own (kmod/ holds the build for Debian's kernel), and an
-# initramfs with that module. Done once, just before the first debug guest,
-# so that the other guests need not wait for the kernel. Returns non-zero if
-# any of it failed.
+# The debug guests' kernel (built once, cached), the module built from
+# KMOD_SRC against it in a folder of its own (kmod/ holds the build for
+# Debian's kernel), and an initramfs with that module. Done once, just before
+# the first debug guest, so that the other guests need not wait for the
+# kernel. Returns non-zero if any of it failed.
 debug_kdir="" debug_kver=""
 prepare_debug() {
 	local dk dmod
