@@ -38,6 +38,15 @@ unsigned long long num(const json& j, const char* key)
     return (it != j.end() && it->is_number_unsigned()) ? it->get<unsigned long long>() : 0ULL;
 }
 
+// A flag of the agent's: set only when it is the JSON boolean true. A missing
+// key, another type, or a result that is not an object is "not set", never
+// an exception (json::value() throws type_error for each of those).
+bool flag(const json& j, const char* key)
+{
+    const auto it = j.find(key);
+    return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
 void row(std::ostream& out, const std::string& name, const std::string& value)
 {
     std::string n = name;
@@ -83,7 +92,7 @@ void disk_rows(std::ostream& out, const json& r)
     row(out, "LUKS2 UUID", str(r, "luks_uuid"));
     row(out, "key", disk_key_text(r));
     row(out, "target", str(r, "target") + ", key " + str(r, "key_state"));
-    row(out, "open count", str(r, "open_count") + (r.value("suspended", false) ? " (suspended)" : ""));
+    row(out, "open count", str(r, "open_count") + (flag(r, "suspended") ? " (suspended)" : ""));
     if (const auto it = r.find("holders"); it != r.end() && it->is_array() && !it->empty()) {
         row(out, "holders", list_text(r, "holders"));
     }
@@ -204,18 +213,17 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
         case Command::attach:
             out << str(r, "path") << '\n';
             row(out, "disk",
-                str(r, "disk_id") + (r.value("already_attached", false)
-                                         ? ": already attached from this device, unchanged"
-                                         : ": attached in " + str(r, "elapsed_ms") + " ms"));
+                str(r, "disk_id") + (flag(r, "already_attached") ? ": already attached from this device, unchanged"
+                                                                 : ": attached in " + str(r, "elapsed_ms") + " ms"));
             row(out, "service account", str(r, "service_account"));
             disk_rows(out, r);
             break;
         case Command::detach:
-            if (r.value("forced", false)) {
+            if (flag(r, "forced")) {
                 out << "Forced detach of disk " << str(r, "disk_id") << ": " << str(r, "path")
                     << " now fails every I/O (dm-error) and the key has left the kernel; "
-                    << (r.value("deferred", false) ? "the mapping is removed when its last user closes it"
-                                                   : "the mapping is removed")
+                    << (flag(r, "deferred") ? "the mapping is removed when its last user closes it"
+                                            : "the mapping is removed")
                     << '\n';
                 if (r.contains("holders") && r.at("holders").is_array() && !r.at("holders").empty()) {
                     row(out, "holders", list_text(r, "holders"));

@@ -74,7 +74,7 @@ enum dc_ctx {
  * and about 1 ms with the generic C AES. A per-CPU tasklet run converts at
  * most DC_SOFTIRQ_BUDGET bytes before it lets other softirqs run.
  */
-#define DC_INLINE_BYTES		(128 * 1024)
+#define DC_INLINE_BYTES		(128U * 1024)
 #define DC_SOFTIRQ_BUDGET	(2 * DC_INLINE_BYTES)
 
 #define DC_REQ_POOL_SIZE	64
@@ -587,8 +587,7 @@ static void dc_softirq_run(struct tasklet_struct *t)
 		}
 		io = llist_entry(node, struct dc_io, llnode);
 		node = node->next;
-		budget -= min3(budget, io->iter.bi_size,
-			       (unsigned int)DC_INLINE_BYTES);
+		budget -= min3(budget, io->iter.bi_size, DC_INLINE_BYTES);
 		dc_run(io, DC_CTX_ATOMIC);
 	}
 	q->backlog = node;

@@ -12,7 +12,8 @@
 #     instructions; raw, dm-crypt both
 #     ways, dm-crypt with cipher_null-ecb and the no-workqueue flags (the same
 #     target without the cipher: the cipher's share of the path), diskcrypt.
-# BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline).
+# BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline);
+# BENCH_WORKLOADS keeps only the workloads it names (e.g. randwrite-4k-qd32).
 # Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS> <I/Os> <ms>"
 # lines (I/Os completed in fio's runtime of <ms> milliseconds).
 # shellcheck source-path=SCRIPTDIR source=../kmod/common.sh
@@ -108,6 +109,17 @@ dev_of() {
 WORKLOADS="randread-4k-qd1:randread:4:1 randread-4k-qd32:randread:4:32
 randwrite-4k-qd1:randwrite:4:1 randwrite-4k-qd32:randwrite:4:32
 read-1m:read:1024:4 write-1m:write:1024:4"
+# BENCH_WORKLOADS (commas for spaces) keeps only the workloads it names.
+if [ -n "${BENCH_WORKLOADS:-}" ]; then
+	keep=""
+	for w in $WORKLOADS; do
+		case ",$BENCH_WORKLOADS," in
+		*",${w%%:*},"*) keep="$keep $w" ;;
+		esac
+	done
+	[ -n "$keep" ] || { fail bench-setup "BENCH_WORKLOADS=$BENCH_WORKLOADS names no workload"; exit 1; }
+	WORKLOADS=$keep
+fi
 
 info "BENCH mode=$MODE device=$DEV rounds=$ROUNDS runtime=$FIO_RUNTIME size=$SIZE cpus=$(nproc) driver=$(grep -A2 'name *: xts(aes)' /proc/crypto | sed -n 's/driver *: //p' | head -n 1)"
 round=1

@@ -15,7 +15,8 @@
 #              (the above without cipher_null, plus diskcrypt inline_depth:65536),
 #              medians of BENCH_ROUNDS rounds (default 5) of BENCH_RUNTIME seconds.
 # Environment: BENCH_MODE, BENCH_ROUNDS, BENCH_RUNTIME, BENCH_ICOUNT_MS, BENCH_DEVICE,
-# BENCH_CONFIGS (the guest's configuration list for both modes), BENCH_CPU (max
+# BENCH_CONFIGS (the guest's configuration list for both modes), BENCH_WORKLOADS
+# (only these workloads, e.g. randwrite-4k-qd32), BENCH_CPU (max
 # or qemu64), BENCH_SMP (wall-clock guest CPUs, default 2), DISKCRYPT_BUILD, KMOD.
 set -euo pipefail
 
@@ -49,6 +50,7 @@ cpu=${BENCH_CPU:-max}
 configs=()
 [ -n "${BENCH_CONFIGS:-}" ] && configs=("BENCH_CONFIGS=${BENCH_CONFIGS// /,}")
 [ -n "${BENCH_DEVICE:-}" ] && configs+=("BENCH_DEVICE=$BENCH_DEVICE")
+[ -n "${BENCH_WORKLOADS:-}" ] && configs+=("BENCH_WORKLOADS=${BENCH_WORKLOADS// /,}")
 rc=0
 times=()
 

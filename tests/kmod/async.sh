@@ -6,9 +6,6 @@
 . /tests/kmod/common.sh
 kmod_setup || { fail async-setup "cannot load dm-diskcrypt or add the key"; exit 1; }
 
-# The debug guest (KASAN instruments the C AES: ~150 KiB/s) sets
-# DCTEST_ASYNC_AES=aes-aesni: still async (cryptd), still XTS over ECB.
-ASYNC="capi:cryptd(xts(ecb(${DCTEST_ASYNC_AES:-aes-generic})))-plain64"
 for c in "512 0 0 128" "4096 2048 1 130"; do
 	# shellcheck disable=SC2086
 	set -- $c
@@ -74,11 +71,8 @@ dm_remove wq
 # larger bio continues on the workqueue; the data are what dm-crypt reads.
 # With two CPUs, multi-queue virtio completes reads in hard-IRQ context, so
 # QD16 1 MiB reads also fill the tasklet past its per-run budget. The cipher
-# is named by driver, so that it is synchronous: once the tests above have
-# instantiated cryptd(xts(ecb(aes-generic))), its priority (150) beats
-# xts(ecb(aes-generic)) (100) for "xts(aes)" where there is no AES-NI, and
-# every bio of an async cipher leaves the submitting context anyway.
-SYNC="capi:xts(ecb(aes-generic))-plain64"
+# is synchronous (SYNC, common.sh): every bio of an async cipher leaves the
+# submitting context anyway.
 dm_create bw "0 $((24 * MiB)) diskcrypt $SYNC $KEYREF 0 /dev/vda $off 1 inline_depth:65536"
 dd if=/dev/mapper/bw of=/dev/null bs=128k count=64 iflag=direct 2>/dev/null
 dd if=/dev/zero of=/dev/mapper/bw bs=128k count=64 oflag=direct 2>/dev/null

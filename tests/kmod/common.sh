@@ -87,6 +87,18 @@ dev_name() {
 # roughly ten times slower) sets DCTEST_FIO_MIB=4 on the kernel command line.
 FIO_MIB=${DCTEST_FIO_MIB:-12}
 
+# The AES block cipher under the XTS the tests build from templates: the
+# generic C AES, or, on the debug guest (KASAN instruments the C AES down to
+# ~150 KiB/s), DCTEST_AES=aes-aesni; either way XTS over ECB.
+AES=${DCTEST_AES:-aes-generic}
+# An asynchronous AES-XTS: every request completes in cryptd's worker (and,
+# with the guests' small cryptd queue, some wait in its backlog).
+ASYNC="capi:cryptd(xts(ecb($AES)))-plain64"
+# A synchronous one, named by driver: where there is no AES-NI, a cryptd
+# instance made by an earlier test (priority 150) would otherwise win
+# "xts(aes)" over xts(ecb(aes-generic)) (100).
+SYNC="capi:xts(ecb($AES))-plain64"
+
 # fio_verify DEV BSSPLIT DIRECT SEED [FIO-OPTION...]: two jobs writing random
 # blocks of the given sizes into their own FIO_MIB halves, then reading them
 # back and checking every block (crc32c). With --verify_only, only the check.

@@ -9,9 +9,6 @@
 . /tests/kmod/common.sh
 kmod_setup || { fail forward-setup "cannot load dm-diskcrypt or add the key"; exit 1; }
 
-# The debug guest (KASAN instruments the C AES: ~150 KiB/s) sets
-# DCTEST_ASYNC_AES=aes-aesni: still async (cryptd), still XTS over ECB.
-ASYNC="capi:cryptd(xts(ecb(${DCTEST_ASYNC_AES:-aes-generic})))-plain64"
 off=$((64 * MiB)) len=$((96 * MiB))
 # The debug guest (KASAN: every access checked) gives writeback and fio
 # longer and writes less: DCTEST_HUNG_TASK_SECS, DCTEST_FORWARD_LIMIT and

@@ -18,7 +18,7 @@
 #              a hung task or soft lockup: messages (the key-message race),
 #              reload and forward (the hang), sized for KASAN under TCG (4 MiB
 #              per forward writer, 900 s for fio, no dm-crypt control run,
-#              cryptd over AES-NI instead of the C AES, which KASAN slows to
+#              the test ciphers over AES-NI instead of the C AES, which KASAN slows to
 #              ~150 KiB/s, hung tasks at 120 s). The module is rebuilt from
 #              kmod/ against it in $DISKCRYPT_BUILD/kmod-debug.
 #   debug-full (not by default: make test-kmod-debug) the same kernel and sizes
@@ -53,7 +53,7 @@ W=$BUILD/vm/kmod
 DEBUG_ARGS=hung_task_panic=1,softlockup_panic=1,loglevel=5,DCTEST_FIO_MIB=4
 DEBUG_ARGS+=,DCTEST_FORWARD_MIB=4,DCTEST_FORWARD_LIMIT=900,DCTEST_FORWARD_CONTROL=0
 DEBUG_ARGS+=,DCTEST_HUNG_TASK_SECS=120
-DEBUG_ARGS+=,DCTEST_ASYNC_AES=aes-aesni
+DEBUG_ARGS+=,DCTEST_AES=aes-aesni
 
 # guest: cpu smp extra-kernel-args tests
 guest_config() {
@@ -161,7 +161,6 @@ run_guest() {
 	mkdir -p "$W/run-$guest"
 	host_results=$W/run-$guest/host.txt
 	: >"$host_results"
-	truncate -s 320M "$vda" "$vdb"
 	if [[ $guest == debug* ]]; then
 		if ! prepare_debug; then
 			echo 2 >"$W/run-$guest/rc"
@@ -172,6 +171,7 @@ run_guest() {
 	else
 		kernel=(--kver "$kver" --initramfs "$W/initramfs.cpio")
 	fi
+	truncate -s 320M "$vda" "$vdb"
 	set +e
 	"$ROOT/tests/vm/run.sh" "${kernel[@]}" \
 		--disk "$vda" --disk "$vdb" --cpu "$cpu" --smp "$smp" --mem "$(guest_mem "$guest")" \

@@ -6,6 +6,9 @@
 # in when the hog reads it. The data reads back with the checksum it was
 # written with, within a time limit, with the hung-task detector armed
 # (a hang panics the guest), and with no OOM kill and no kernel warning.
+# Meanwhile dm core's swap_bios limit holds: the target sets limit_swap_bios
+# (as dm-crypt does: every swap write in flight holds bounce pages, so
+# without a limit swapping out could itself take the memory it frees).
 . /tests/kmod/common.sh
 kmod_setup || { fail swap-setup "cannot load dm-diskcrypt or add the key"; exit 1; }
 
@@ -18,6 +21,28 @@ dm_create sw "0 $((SWAP_MIB * MiB)) diskcrypt aes-xts-plain64 $KEYREF 0 /dev/vdb
 	{ fail swap-create "cannot create the mapping"; exit 1; }
 check swap-mkswap mkswap /dev/mapper/sw >/dev/null
 check swap-on swapon /dev/mapper/sw || { dm_remove sw; exit 1; }
+
+# At most SWAP_BIOS swap writes in the target at once (dm_mod's swap_bios,
+# read on every swap bio; swap reads carry no REQ_SWAP and are not limited).
+# The mapping's count of writes in flight may show up to one more per CPU:
+# dm core gives a bio's slot back just before it stops counting the bio.
+SWAP_BIOS=2
+swap_bios=/sys/module/dm_mod/parameters/swap_bios
+swap_bios0=$(cat $swap_bios)
+echo $SWAP_BIOS >$swap_bios
+# inflight_max FILE OUT: the most writes in flight in FILE
+# (/sys/block/dm-N/inflight), written to OUT, until /tmp/sampler.stop exists.
+inflight_max() {
+	_max=0
+	echo 0 >"$2"
+	while [ ! -e /tmp/sampler.stop ]; do
+		read -r _r _w <"$1"
+		if [ "$_w" -gt "$_max" ]; then
+			_max=$_w
+			echo "$_max" >"$2"
+		fi
+	done
+}
 
 vm_counter() { awk -v k="$1" '$1 == k { print $2 }' /proc/vmstat; }
 avail_mib() { awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo; }
@@ -51,9 +76,19 @@ echo $$ >/sys/fs/cgroup/swaphog/cgroup.procs || exit 2
 dd if=/dev/urandom bs=1M count="$1" 2>/dev/null | tee /hog/data | md5sum >/tmp/sum.in &&
 	md5sum </hog/data >/tmp/sum.out
 EOF
+rm -f /tmp/sampler.stop
+inflight_max "/sys/block/$(dev_name sw)/inflight" /tmp/inflight.max &
+sampler=$!
 t0=$(now_ms)
 check swap-hog-in-time timeout "$LIMIT" sh /tmp/hog.sh "$HOG_MIB"
 t1=$(now_ms)
+touch /tmp/sampler.stop
+wait "$sampler"
+inflight=$(cat /tmp/inflight.max)
+info "swap: at most $inflight swap writes in flight (swap_bios=$SWAP_BIOS)"
+check swap-bios-seen test "$inflight" -ge 1
+check swap-bios-limited test "$inflight" -le $((SWAP_BIOS + $(nproc)))
+echo "$swap_bios0" >$swap_bios
 swapped_out=$((($(vm_counter pswpout) - out0) * 4 / 1024))
 swapped_in=$((($(vm_counter pswpin) - in0) * 4 / 1024))
 info "swap: $((t1 - t0)) ms, $swapped_out MiB swapped out, $swapped_in MiB swapped in, $(status_field sw writes) writes through diskcrypt"

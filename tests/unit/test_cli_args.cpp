@@ -273,6 +273,34 @@ TEST_CASE("cli: text output escapes what the agent sends (no terminal escapes)",
     CHECK_THAT(err.str(), Contains("diskcrypt: error: \\x1b[31mred"));
 }
 
+TEST_CASE("cli: flags of another type and results that are no object print as not set", "[cli][hostile-peer]")
+{
+    // Found by the response fuzzer: "suspended": 5 made json::value() throw
+    // type_error out of print_result, and the CLI ended in std::terminate.
+    const nlohmann::json odd = {{"disk_id", "d1"}, {"path", "/dev/mapper/diskcrypt-d1"},
+                                {"suspended", 5},  {"already_attached", "yes"},
+                                {"forced", 1},     {"deferred", nullptr}};
+    for (const Command c :
+         {Command::list, Command::status, Command::attach, Command::detach, Command::verify, Command::format}) {
+        for (const bool json : {false, true}) {
+            for (const nlohmann::json& r : {odd, nlohmann::json(5), nlohmann::json::array({1}), nlohmann::json()}) {
+                std::ostringstream out;
+                INFO(r.dump());
+                CHECK_NOTHROW(diskcrypt::cli::print_result(c, r, json, out));
+            }
+        }
+    }
+    std::ostringstream status;
+    diskcrypt::cli::print_result(Command::status, odd, false, status);
+    CHECK_THAT(status.str(), !Contains("(suspended)"));
+    std::ostringstream attach;
+    diskcrypt::cli::print_result(Command::attach, odd, false, attach);
+    CHECK_THAT(attach.str(), Contains("d1: attached in - ms"));
+    std::ostringstream detach;
+    diskcrypt::cli::print_result(Command::detach, odd, false, detach);
+    CHECK_THAT(detach.str(), Contains("Detached disk d1"));
+}
+
 TEST_CASE("cli: list follows the agent's pages into one result", "[cli][list]")
 {
     // A fake agent: pages of 3 disks, `next` until disk 10.

@@ -31,19 +31,11 @@ FRAGMENT=$HERE/debug-kernel.config
 CACHE=${1:-${DISKCRYPT_DEBUG_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/diskcrypt/debug-kernel}}
 JOBS=${JOBS:-$(nproc)}
 
-log() { echo "debug-kernel.sh: $*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
-
-# The source package version is the guest kernel's (linux-headers-amd64 depends on
-# "linux-headers-6.1.0-NN-amd64 (= VERSION)"); linux-source-6.1 comes from the same
-# source package.
-deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null) ||
-	die "linux-headers-amd64 is not installed (run packaging/install-deps.sh)"
-PKGVER=$(sed -n 's/.*linux-headers-[^ ,]* (= \([^)]*\)).*/\1/p' <<<"$deps")
-[[ -n "$PKGVER" ]] || die "cannot derive the kernel package version from '$deps'"
+# shellcheck source=kernel-lib.sh
+. "$HERE/kernel-lib.sh"
+# The guest kernel's source package version: linux-source-6.1 comes from the
+# same source package.
+guest_kernel_versions
 # Bump LAYOUT whenever this script changes what it builds or how the cache looks.
 LAYOUT=3
 hash=$( {

@@ -19,18 +19,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 CACHE=${1:-$BUILD/vm/kernel}
 
-log() { echo "kernel.sh: $*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
-
-# KVER and package version from e.g. "linux-headers-6.1.0-56-amd64 (= 6.1.192-2)".
-deps=$(dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null) ||
-	die "linux-headers-amd64 is not installed (run packaging/install-deps.sh)"
-KVER=$(sed -n 's/.*linux-headers-\([^ ,]*-amd64\).*/\1/p' <<<"$deps")
-PKGVER=$(sed -n 's/.*linux-headers-[^ ,]* (= \([^)]*\)).*/\1/p' <<<"$deps")
-[[ -n "$KVER" ]] || die "cannot derive the kernel release from '$deps'"
+# shellcheck source=kernel-lib.sh
+. "$ROOT/tests/vm/kernel-lib.sh"
+guest_kernel_versions
 
 DEST=$CACHE/$KVER
 ready() { [[ -f "$DEST/vmlinux" && -f "$DEST/lib/modules/$KVER/modules.dep" ]]; }
