@@ -18,9 +18,9 @@
 #              a hung task or soft lockup: messages (the key-message race),
 #              reload and forward (the hang), sized for KASAN under TCG (4 MiB
 #              per forward writer, 900 s for fio, no dm-crypt control run,
-#              the test ciphers over AES-NI instead of the C AES, which KASAN slows to
-#              ~150 KiB/s, hung tasks at 120 s). The module is rebuilt from
-#              kmod/ against it in $DISKCRYPT_BUILD/kmod-debug.
+#              the test ciphers over AES-NI instead of the C AES, which KASAN
+#              slows to ~150 KiB/s, hung tasks at 120 s). The module is
+#              rebuilt from kmod/ against it in $DISKCRYPT_BUILD/kmod-debug.
 #   debug-full (not by default: make test-kmod-debug) the same kernel and sizes
 #              (4 MiB per fio job) with datapath, async and pressure as well
 # All guests get cryptd.cryptd_max_cpu_qlen=16, so that the asynchronous
