@@ -3,14 +3,16 @@
 #   make demo     install dependencies, build, boot the QEMU guest and tell the
 #                 story: HSM key, format, attach, write, detach, attach, read,
 #                 status, audit (the README's first command)
-#   make check    every test: lint, host unit tests (plain and ASan+UBSan), the
-#                 harness self-test, the kernel suite and the attach suite in
-#                 QEMU guests (the README's second command)
+#   make check    every test: lint, host unit tests (a Release build with
+#                 -Werror, as release-check, and ASan+UBSan), 20 s of each fuzz
+#                 target, the harness self-test, the kernel suite on Debian's
+#                 kernel (DEBUG_KERNEL=1: and on the debug kernel) and the
+#                 attach suite in QEMU guests (the README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
 #   make debug-kernel  build the guest's debug kernel (KASAN, lockdep, ...) once;
 #                 cached in ~/.cache/diskcrypt/debug-kernel (tests/vm/debug-kernel.sh)
 #   make test-kmod-debug  the kernel suite's debug-full guest on that kernel
-#                 (not yet part of make check: CI's time budget, see README)
+#                 alone (make check DEBUG_KERNEL=1: beside the other steps)
 #   make test-attach  agent, CLI, SoftHSM2 and the module together in a guest
 #   make bench    throughput (raw, dm-crypt, diskcrypt) in two modes, then attach
 #                 latency: BENCH_MODE=both (default), icount (instructions per
@@ -36,6 +38,10 @@ FUZZ_PARALLEL ?= 1
 BENCH_MODE ?= both
 # -Werror for every build made here (and CI); CMake leaves it off for packagers.
 WERROR := -DDISKCRYPT_WERROR=ON
+# The plain build (build/cmake): RelWithDebInfo for development. make check
+# builds it as Release, what a distribution builds, and runs every test on
+# that: one build is both the Release check and the tested build.
+CXX_BUILD_TYPE ?= RelWithDebInfo
 
 all: kmod cxx
 
@@ -46,7 +52,7 @@ kmod:
 	$(MAKE) -C kmod
 
 cxx:
-	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo $(WERROR) >/dev/null
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=$(CXX_BUILD_TYPE) $(WERROR) >/dev/null
 	cmake --build $(BUILD)/cmake -j $(JOBS)
 
 cxx-asan:
@@ -93,12 +99,37 @@ test-kmod-debug: kmod cxx debug-kernel
 test-attach: kmod cxx
 	tests/attach/run.sh
 
+# make check DEBUG_KERNEL=1 also runs the kernel suite's debug-full guest
+# (tests/kmod/run.sh), started at once, beside the other steps: it builds the
+# debug kernel first when it is not cached (about 20 CPU-minutes), then boots
+# it. It and the steps fill each other's idle time (tests that wait, links,
+# one-CPU guests). It runs in a process group of its own, so that a failing
+# step stops it with all its children; its output is shown, and its status
+# counted, at the end (log: $(BUILD)/test-kmod-debug.log). Not yet the
+# default: on a cold machine it took .ci/run from about 33 to 49.5 minutes,
+# over CI's 45 (README, "The kernel suite alone").
+DEBUG_KERNEL ?= 0
+KMOD_DEBIAN_GUESTS := max-smp2 qemu64 forward slub
 check: deps
-	@for step in lint unit release-check fuzz-smoke test-vm test-kmod test-attach; do \
+	@mkdir -p $(BUILD); dk=""; \
+	if [ "$(DEBUG_KERNEL)" = 1 ]; then \
+		echo "check: test-kmod-debug (started $$(date +%T), in the background)"; \
+		DISKCRYPT_GUESTS=debug-full DISKCRYPT_KMOD_WORK=$(BUILD)/vm/kmod-debug-full JOBS=$(JOBS) \
+			perl -e 'setpgrp or die "setpgrp: $$!\n"; exec @ARGV or die "$$ARGV[0]: $$!\n"' \
+			tests/kmod/run.sh >$(BUILD)/test-kmod-debug.log 2>&1 & dk=$$!; \
+		trap 'kill -- -'$$dk' 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
+	fi; \
+	for step in lint unit fuzz-smoke test-vm test-kmod test-attach; do \
 		echo "check: $$step (started $$(date +%T))"; \
-		$(MAKE) $$step || exit 1; \
-	done
-	@echo "check: passed ($$(date +%T))"
+		DISKCRYPT_GUESTS="$(KMOD_DEBIAN_GUESTS)" $(MAKE) $$step CXX_BUILD_TYPE=Release || exit 1; \
+	done; \
+	if [ -n "$$dk" ]; then \
+		echo "check: waiting for test-kmod-debug ($$(date +%T))"; \
+		rc=0; wait $$dk || rc=$$?; \
+		cat $(BUILD)/test-kmod-debug.log; \
+		[ $$rc = 0 ] || { echo "check: test-kmod-debug failed (exit $$rc)"; exit 1; }; \
+	fi; \
+	echo "check: passed ($$(date +%T))"
 
 demo: deps
 	$(MAKE) all

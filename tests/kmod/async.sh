@@ -31,7 +31,7 @@ for ss in 512 4096; do
 	dm_create as "0 $((24 * MiB)) diskcrypt $ASYNC $KEYREF 0 /dev/vda $base $opts" &&
 		dm_create ass "0 $((8 * MiB)) diskcrypt $ASYNC $KEYREF 0 /dev/vda $((base + 24 * MiB)) $opts" ||
 		{ fail "async-create-$ss" "cannot create mappings"; continue; }
-	/usr/local/bin/bioshapes /dev/mapper/ass "$ss" 8 300 "$((ss + 1))" >/tmp/shapes.out 2>&1 &
+	/usr/local/bin/bioshapes /dev/mapper/ass "$ss" 8 "$(shapes_iterations 300)" "$((ss + 1))" >/tmp/shapes.out 2>&1 &
 	shapes=$!
 	check "async-fio-direct-$ss" fio_verify /dev/mapper/as "$(bssplit "$ss")" 1 21
 	wait "$shapes"
@@ -39,10 +39,12 @@ for ss in 512 4096; do
 	cat /tmp/shapes.out
 	check "async-shapes-$ss" test "$rc" = 0
 	check "async-fio-buffered-$ss" fio_verify /dev/mapper/as "$(bssplit "$ss")" 0 22
-	drop_caches
-	dm_create asc "0 $((24 * MiB)) crypt aes-xts-plain64 $KEYREF 0 /dev/vda $base $opts"
-	check "async-dmcrypt-reads-fio-data-$ss" fio_verify /dev/mapper/asc "$(bssplit "$ss")" 1 22 --verify_only
-	dm_remove asc
+	if [ "$CONTROL" = 1 ]; then
+		drop_caches
+		dm_create asc "0 $((24 * MiB)) crypt aes-xts-plain64 $KEYREF 0 /dev/vda $base $opts"
+		check "async-dmcrypt-reads-fio-data-$ss" fio_verify /dev/mapper/asc "$(bssplit "$ss")" 1 22 --verify_only
+		dm_remove asc
+	fi
 	info "async $ss: $(dmsetup status as | cut -d' ' -f4-)"
 	check "async-backlog-exercised-$ss" test "$(status_field as backlogged)" -gt 0
 	check "async-no-errors-$ss" test "$(status_field as errors)" = 0
@@ -85,6 +87,8 @@ check bounded-1m-read-deferred test "$(status_field bw deferred)" -gt "$d"
 check bounded-no-errors test "$(status_field bw errors)" = 0
 check bounded-cipher-synchronous test "$(status_field bw async)" = 0
 dm_remove bw
-dm_create bwc "0 $((24 * MiB)) crypt aes-xts-plain64 $KEYREF 0 /dev/vda $off"
-check bounded-1m-dmcrypt-reads-data fio_verify /dev/mapper/bwc 1m 1 32 --verify_only
-dm_remove bwc
+if [ "$CONTROL" = 1 ]; then
+	dm_create bwc "0 $((24 * MiB)) crypt aes-xts-plain64 $KEYREF 0 /dev/vda $off"
+	check bounded-1m-dmcrypt-reads-data fio_verify /dev/mapper/bwc 1m 1 32 --verify_only
+	dm_remove bwc
+fi

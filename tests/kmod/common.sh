@@ -84,8 +84,21 @@ dev_name() {
 }
 
 # The MiB each fio job covers. The debug guest (KASAN and lockdep under TCG,
-# roughly ten times slower) sets DCTEST_FIO_MIB=4 on the kernel command line.
+# roughly ten times slower) sets DCTEST_FIO_MIB on the kernel command line.
 FIO_MIB=${DCTEST_FIO_MIB:-12}
+
+# The debug guest also runs fewer of bioshapes' iterations (DCTEST_SHAPES_PCT
+# percent of each test's count) and skips the dm-crypt control runs
+# (DCTEST_CONTROL=0: dm-crypt reading diskcrypt's data, dm-crypt under the
+# forward load), which the guests on Debian's kernel run: it is there for
+# KASAN's and lockdep's view of diskcrypt.
+SHAPES_PCT=${DCTEST_SHAPES_PCT:-100}
+CONTROL=${DCTEST_CONTROL:-1}
+
+# shapes_iterations N: bioshapes' iteration count for a test's N.
+shapes_iterations() {
+	echo $(($1 * SHAPES_PCT / 100))
+}
 
 # The AES block cipher under the XTS the tests build from templates: the
 # generic C AES, or, on the debug guest (KASAN instruments the C AES down to
@@ -114,12 +127,18 @@ fio_verify() {
 		--output=/tmp/fio.out "$@" || { cat /tmp/fio.out; return 1; }
 }
 
-# bssplit SECTOR_SIZE: block sizes from one sector to 4 MiB, mostly small.
+# bssplit SECTOR_SIZE: block sizes from one sector to 4 MiB, mostly small;
+# to 1 MiB where the jobs cover less than 4 MiB (the debug guest).
 bssplit() {
-	if [ "$1" = 512 ]; then
-		echo 512/30:4k/30:64k/20:1m/15:4m/5
+	if [ "$FIO_MIB" -lt 4 ]; then
+		_big=1m/20 _big4k=1m/15
 	else
-		echo 4k/50:16k/15:128k/20:1m/10:4m/5
+		_big=1m/15:4m/5 _big4k=1m/10:4m/5
+	fi
+	if [ "$1" = 512 ]; then
+		echo "512/30:4k/30:64k/20:$_big"
+	else
+		echo "4k/50:16k/15:128k/20:$_big4k"
 	fi
 }
 

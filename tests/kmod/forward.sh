@@ -52,10 +52,9 @@ dd if=/dev/zero of=/hog/fill bs=1M count="$hog" 2>/dev/null
 info "forward: pinned $hog MiB of $avail MiB available; now $(avail_mib) MiB available"
 dmesg_mark
 
-# The control shows that the load itself is survivable; the debug guest,
-# there for KASAN's and lockdep's view of diskcrypt, skips it
-# (DCTEST_FORWARD_CONTROL=0).
-if [ "${DCTEST_FORWARD_CONTROL:-1}" = 1 ]; then
+# The control shows that the load itself is survivable; the debug guest skips
+# it (DCTEST_CONTROL=0, common.sh).
+if [ "$CONTROL" = 1 ]; then
 	dm_create fwc "0 $len crypt $ASYNC $KEYREF 0 /dev/vdb $off"
 	t0=$(now_ms)
 	check forward-dmcrypt-writers forward_fio /dev/mapper/fwc 51

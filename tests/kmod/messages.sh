@@ -67,7 +67,7 @@ dm_remove msg
 # status. Every message succeeds, every table names one of the two keys, the
 # kernel logs no fault, and the data reads back with whichever key the table
 # names afterwards (a torn key schedule would garble it), then with key A.
-# The kernel must not log a fault (slub_debug in the debug guest catches a
+# The kernel must not log a fault (KASAN in the debug-full guest catches a
 # double free or a use after free of the key description).
 RACE_SECS=20
 OTHER=:64:logon:diskcrypt:other

@@ -21,7 +21,7 @@ mount -t tmpfs -o size=${hog}m tmpfs /hog
 dd if=/dev/zero of=/hog/fill bs=1M count="$hog" 2>/dev/null
 info "pressure: pinned $hog MiB of $avail MiB available; now $(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo) MiB available"
 
-/usr/local/bin/bioshapes /dev/mapper/prs 512 8 300 77 >/tmp/shapes.out 2>&1 &
+/usr/local/bin/bioshapes /dev/mapper/prs 512 8 "$(shapes_iterations 300)" 77 >/tmp/shapes.out 2>&1 &
 shapes=$!
 check pressure-fio-direct fio_verify /dev/mapper/pr "$(bssplit 512)" 1 41
 check pressure-fio-buffered fio_verify /dev/mapper/pr "$(bssplit 512)" 0 42

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # The kernel suite: boots a kernel in QEMU with dm-diskcrypt.ko and runs the
-# guest tests in four guests on Debian's kernel (and, when asked, two on a
+# guest tests in four guests on Debian's kernel (and, when asked, in two on a
 # debug build of it), then decrypts what each guest wrote with OpenSSL on the
 # host:
 #   max-smp2   Debian's kernel, -cpu max (AES-NI), 2 CPUs: every test but forward
 #   qemu64     Debian's kernel, -cpu qemu64 (generic AES), 1 CPU: the
-#              crypto-dependent tests
+#              crypto-dependent tests, a quarter of bioshapes' iterations
 #   forward    Debian's kernel, -cpu max, 2 CPUs, 448 MiB: forward progress
 #              under memory pressure with async crypto (the test arms the hung
 #              task detector: 20 s, panic)
 #   slub       Debian's kernel, -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1
 #              panic_on_warn=1: the data-path and concurrency tests
-#   debug      (not by default) the debug kernel of tests/vm/debug-kernel.sh
+#   debug-full (not by default: make test-kmod-debug, make check
+#              DEBUG_KERNEL=1) the debug kernel of tests/vm/debug-kernel.sh
 #              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung
 #              task detector; built on first use, ~20 CPU-minutes), -cpu max,
-#              2 CPUs, panic on
-#              a hung task or soft lockup: messages (the key-message race),
-#              reload and forward (the hang), sized for KASAN under TCG (4 MiB
-#              per forward writer, 900 s for fio, no dm-crypt control run,
-#              the test ciphers over AES-NI instead of the C AES, which KASAN
-#              slows to ~150 KiB/s, hung tasks at 120 s). The module is
-#              rebuilt from kmod/ against it in $DISKCRYPT_BUILD/kmod-debug.
-#   debug-full (not by default: make test-kmod-debug) the same kernel and sizes
-#              (4 MiB per fio job) with datapath, async and pressure as well
+#              2 CPUs, panic
+#              on a hung task or soft lockup: datapath, async, pressure,
+#              messages (the key-message race), reload and forward (the hang),
+#              sized for KASAN under TCG: 2 MiB per fio job (blocks to 1 MiB),
+#              4 MiB per forward writer, a quarter of bioshapes' iterations,
+#              no dm-crypt control runs (the guests on Debian's kernel run
+#              them), 900 s for the forward fio, hung tasks at 120 s, and the
+#              test ciphers over AES-NI instead of the C AES, which KASAN
+#              slows to ~150 KiB/s.
+#              The module is rebuilt from kmod/ against it in
+#              $DISKCRYPT_BUILD/kmod-debug.
+#   debug      (not by default) the same kernel and sizes with messages,
+#              reload and forward only
 # All guests get cryptd.cryptd_max_cpu_qlen=16, so that the asynchronous
 # tests also fill cryptd's queue and exercise the backlog.
 #
@@ -33,6 +38,8 @@
 #   DISKCRYPT_PARALLEL  1 (default with 2+ host CPUs): qemu64 and the debug
 #                     guests run one after another beside the others;
 #                     0: one guest after another
+#   DISKCRYPT_KMOD_WORK  the work folder: images, initramfs, run-GUEST/ (default
+#                     $DISKCRYPT_BUILD/vm/kmod); two runs at once need two
 #   KMOD              the module (default <repo>/kmod/dm-diskcrypt.ko)
 #   KMOD_SRC          the module's source, for the debug guest (default <repo>/kmod)
 #   XTS_REF           the OpenSSL reference tool (default $DISKCRYPT_BUILD/cmake/tests/xts-ref)
@@ -46,12 +53,13 @@ KMOD_SRC=${KMOD_SRC:-$ROOT/kmod}
 XTS_REF=${XTS_REF:-$BUILD/cmake/tests/xts-ref}
 ONLY=${1:-}
 GUESTS=${DISKCRYPT_GUESTS:-max-smp2 qemu64 forward slub}
-W=$BUILD/vm/kmod
+W=${DISKCRYPT_KMOD_WORK:-$BUILD/vm/kmod}
 
 # The debug kernel's guests: panic on a hung task or soft lockup, and sizes
 # for KASAN under TCG (tests/kmod/common.sh, async.sh, forward.sh).
-DEBUG_ARGS=hung_task_panic=1,softlockup_panic=1,loglevel=5,DCTEST_FIO_MIB=4
-DEBUG_ARGS+=,DCTEST_FORWARD_MIB=4,DCTEST_FORWARD_LIMIT=900,DCTEST_FORWARD_CONTROL=0
+DEBUG_ARGS=hung_task_panic=1,softlockup_panic=1,loglevel=5,DCTEST_FIO_MIB=2
+DEBUG_ARGS+=,DCTEST_SHAPES_PCT=25,DCTEST_CONTROL=0
+DEBUG_ARGS+=,DCTEST_FORWARD_MIB=4,DCTEST_FORWARD_LIMIT=900
 DEBUG_ARGS+=,DCTEST_HUNG_TASK_SECS=120
 DEBUG_ARGS+=,DCTEST_AES=aes-aesni
 
@@ -59,7 +67,7 @@ DEBUG_ARGS+=,DCTEST_AES=aes-aesni
 guest_config() {
 	case $1 in
 	max-smp2) echo "max 2 - kat,interop,tables,messages,zero,reload,datapath,async,flush,errors,pressure,swap" ;;
-	qemu64) echo "qemu64 1 - kat,interop,zero,datapath,async" ;;
+	qemu64) echo "qemu64 1 DCTEST_SHAPES_PCT=25 kat,interop,zero,datapath,async" ;;
 	debug) echo "max 2 $DEBUG_ARGS messages,reload,forward" ;;
 	debug-full) echo "max 2 $DEBUG_ARGS datapath,async,pressure,messages,reload,forward" ;;
 	forward) echo "max 2 - forward" ;;
@@ -76,11 +84,18 @@ guest_mem() {
 	esac
 }
 
-for f in "$KMOD" "$XTS_REF"; do
-	[ -e "$f" ] || { echo "kmod/run.sh: $f is missing; run 'make all' first" >&2; exit 2; }
+# Debian's kernel, the module built for it and the OpenSSL check are for the
+# guests that boot that kernel; the debug guests alone need none of them.
+debian_guests=0
+for guest in $GUESTS; do
+	[[ $guest == debug* ]] || debian_guests=1
 done
-
-kver=$("$ROOT/tests/vm/kernel.sh")
+if ((debian_guests)); then
+	for f in "$KMOD" "$XTS_REF"; do
+		[ -e "$f" ] || { echo "kmod/run.sh: $f is missing; run 'make all' first" >&2; exit 2; }
+	done
+	kver=$("$ROOT/tests/vm/kernel.sh")
+fi
 mkdir -p "$W"
 # Fresh key and plaintext every run; they never leave the build folder.
 head -c 64 /dev/urandom >"$W/key.bin"
@@ -91,8 +106,10 @@ gcc -static -O2 -Wall -Wextra -Werror -o "$W/dmrace" "$ROOT/tests/kmod/tools/dmr
 initramfs_args=(--tests "$ROOT/tests/kmod"
 	--file "$W/key.bin:/data/key.bin" --file "$W/pattern.bin:/data/pattern.bin"
 	--file "$W/bioshapes:/usr/local/bin/bioshapes" --file "$W/dmrace:/usr/local/bin/dmrace")
-"$ROOT/tests/vm/mkinitramfs.sh" --kver "$kver" --out "$W/initramfs.cpio" \
-	--module "$KMOD" "${initramfs_args[@]}"
+if ((debian_guests)); then
+	"$ROOT/tests/vm/mkinitramfs.sh" --kver "$kver" --out "$W/initramfs.cpio" \
+		--module "$KMOD" "${initramfs_args[@]}"
+fi
 
 # The debug guests' kernel (built once, cached), the module built from
 # KMOD_SRC against it in a folder of its own (kmod/ holds the build for
