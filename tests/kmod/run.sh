@@ -15,9 +15,9 @@
 #              DEBUG_KERNEL=1) the debug kernel of tests/vm/debug-kernel.sh
 #              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung
 #              task detector; built on first use, ~20 CPU-minutes), -cpu max,
-#              2 CPUs, panic
-#              on a hung task or soft lockup: datapath, async, pressure,
-#              messages (the key-message race), reload and forward (the hang),
+#              2 CPUs, panic on a hung task or soft lockup: datapath, async,
+#              pressure, messages (the key-message race), reload and forward
+#              (the hang),
 #              sized for KASAN under TCG: 2 MiB per fio job (blocks to 1 MiB),
 #              4 MiB per forward writer, a quarter of bioshapes' iterations,
 #              no dm-crypt control runs (the guests on Debian's kernel run
