@@ -55,8 +55,12 @@ cxx:
 	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=$(CXX_BUILD_TYPE) $(WERROR) >/dev/null
 	cmake --build $(BUILD)/cmake -j $(JOBS)
 
+# A unity build: it compiles the tree in about 25% less CPU time (300 s
+# against 406 s). The Release build stays one file per unit, as packagers
+# build it, so it still shows a file that misses an include.
 cxx-asan:
-	cmake -S . -B $(BUILD)/asan -DCMAKE_BUILD_TYPE=Debug -DDISKCRYPT_SANITIZE=ON $(WERROR) >/dev/null
+	cmake -S . -B $(BUILD)/asan -DCMAKE_BUILD_TYPE=Debug -DDISKCRYPT_SANITIZE=ON \
+		-DCMAKE_UNITY_BUILD=ON $(WERROR) >/dev/null
 	cmake --build $(BUILD)/asan -j $(JOBS)
 
 # What a distribution builds (Release), with -Werror: it must stay warning-free.
@@ -99,17 +103,24 @@ test-kmod-debug: kmod cxx debug-kernel
 test-attach: kmod cxx
 	tests/attach/run.sh
 
-# make check DEBUG_KERNEL=1 also runs the kernel suite's debug-full guest
-# (tests/kmod/run.sh), started at once, beside the other steps: it builds the
-# debug kernel first when it is not cached (about 20 CPU-minutes), then boots
-# it. It and the steps fill each other's idle time (tests that wait, links,
-# one-CPU guests). It runs in a process group of its own, so that a failing
-# step stops it with all its children; its output is shown, and its status
-# counted, at the end (log: $(BUILD)/test-kmod-debug.log). Not yet the
-# default: on a cold machine it took .ci/run from about 33 to 49.5 minutes,
-# over CI's 45 (README, "The kernel suite alone").
+# make check DEBUG_KERNEL=1 also runs the kernel suite's debug-full guest (tests/kmod/run.sh),
+# started at once, beside the other steps: it builds the debug kernel first
+# when it is not cached (about 20 CPU-minutes), then boots it. It and the
+# steps fill each other's idle time (tests that wait, links, one-CPU guests).
+# It runs in a process group of its own, so that a failing step stops it with
+# all its children; its output is shown, and its status counted, at the end
+# (log: $(BUILD)/test-kmod-debug.log). Its KASAN and KFENCE take the place of
+# the slub guest (slub_debug on Debian's kernel: the same tests, a subset of
+# the memory errors KASAN reports), so test-kmod then leaves that guest out.
+# Not yet the default: a cold .ci/run with it passed in 45 min 11 s
+# (2026-12-02), 11 s over CI's 45 minutes, and two cold runs of the same code
+# differed by more than a minute in lint alone.
 DEBUG_KERNEL ?= 0
-KMOD_DEBIAN_GUESTS := max-smp2 qemu64 forward slub
+ifeq ($(DEBUG_KERNEL),1)
+CHECK_KMOD_GUESTS := max-smp2 qemu64 forward
+else
+CHECK_KMOD_GUESTS := max-smp2 qemu64 forward slub
+endif
 check: deps
 	@mkdir -p $(BUILD); dk=""; \
 	if [ "$(DEBUG_KERNEL)" = 1 ]; then \
@@ -121,7 +132,7 @@ check: deps
 	fi; \
 	for step in lint unit fuzz-smoke test-vm test-kmod test-attach; do \
 		echo "check: $$step (started $$(date +%T))"; \
-		DISKCRYPT_GUESTS="$(KMOD_DEBIAN_GUESTS)" $(MAKE) $$step CXX_BUILD_TYPE=Release || exit 1; \
+		DISKCRYPT_GUESTS="$(CHECK_KMOD_GUESTS)" $(MAKE) $$step CXX_BUILD_TYPE=Release || exit 1; \
 	done; \
 	if [ -n "$$dk" ]; then \
 		echo "check: waiting for test-kmod-debug ($$(date +%T))"; \

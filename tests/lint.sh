@@ -31,7 +31,8 @@ if [ ! -x "$CP/checkpatch.pl" ]; then
 fi
 
 echo "lint: checkpatch.pl --strict kmod/" >&2
-mapfile -t ksrc < <(cd "$ROOT" && git ls-files 'kmod/*.[ch]' 'kmod/Kbuild' 'kmod/Makefile' 'tests/vm/dummy-kmod/*.[ch]')
+mapfile -t ksrc < <(cd "$ROOT" && git ls-files 'kmod/*.[ch]' 'kmod/Kbuild' 'kmod/Makefile' 'tests/vm/dummy-kmod/*.[ch]' \
+	'tests/kmod/align-kmod/*.[ch]' 'tests/kmod/align-kmod/Kbuild')
 if ! out=$(cd "$ROOT" && perl "$CP/checkpatch.pl" --no-tree --strict --terse --show-types -f "${ksrc[@]}" 2>&1); then
 	finding "checkpatch:"$'\n'"$out"
 elif grep -qE '(WARNING|ERROR|CHECK):' <<<"$out"; then
@@ -44,6 +45,17 @@ if ! out=$(make -C "$ROOT/kmod" W=1 C=2 2>&1); then
 	finding "kmod build failed:"$'\n'"$out"
 elif grep -E 'warning:|error:|sparse:' <<<"$out" | grep -v 'Skipping BTF'; then
 	finding "kmod W=1 / sparse reported the lines above"
+fi
+# The kernel suite's test cipher driver, in a copy (Kbuild writes next to the
+# sources), against the headers kmod/ builds with.
+kdir=/lib/modules/$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/.*linux-headers-\([^ ,]*\).*/\1/p')/build
+al=$BUILD/lint/align-kmod
+rm -rf "$al"
+cp -r "$ROOT/tests/kmod/align-kmod" "$al"
+if ! out=$(make -C "$kdir" M="$al" W=1 C=2 modules 2>&1); then
+	finding "tests/kmod/align-kmod build failed:"$'\n'"$out"
+elif grep -E 'warning:|error:|sparse:' <<<"$out" | grep -v 'Skipping BTF'; then
+	finding "tests/kmod/align-kmod: W=1 / sparse reported the lines above"
 fi
 
 echo "lint: clang-tidy and clang-format on C++" >&2

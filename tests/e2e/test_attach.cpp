@@ -28,14 +28,10 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kKeyHex = "6469736b2d6b65792d3031";  // "disk-key-01"
-
 struct Agent {
     Agent()
     {
-        diskcrypt::test::run_ok({"pkcs11-tool", "--module", diskcrypt::test::kSoftHsmModule, "--token-label",
-                                 "diskcrypt", "--login", "--pin", hsm.pin(), "--keygen", "--key-type", "AES:32", "--id",
-                                 kKeyHex, "--label", "disk key", "--sensitive"});
+        hsm.create_key({.id = "disk-key-01", .label = "disk key"});
         diskcrypt::test::write_file(config, "[agent]\nsocket = \"" + socket +
                                                 "\"\ndefault_key = \"hsm:disk-key-01\"\nlock_dir = \"" +
                                                 (dir / "lock") + "\"\n[audit]\nfile = \"" + audit +
@@ -60,17 +56,6 @@ struct Agent {
     std::string image = dir / "disk.img";
     std::unique_ptr<diskcrypt::test::Background> agent;
 };
-
-std::vector<json> audit_events(const std::string& file)
-{
-    std::vector<json> out;
-    std::istringstream in(diskcrypt::test::read_file(file));
-    std::string line;
-    while (std::getline(in, line)) {
-        out.push_back(json::parse(line));
-    }
-    return out;
-}
 
 bool has_event(const std::vector<json>& events, const json& fields)
 {
@@ -98,7 +83,7 @@ TEST_CASE("e2e audit: format, wrap, unwrap, verify and refusals are events with 
     REQUIRE(f.status == 0);
     const Result v = a.cli({"verify", a.image, "--disk-id", "disk-2"});
     CHECK(v.status == 11);
-    const std::vector<json> events = audit_events(a.audit);
+    const std::vector<json> events = diskcrypt::test::audit_events(a.audit);
     const json key = {{"provider", "hsm"}, {"id", "disk-key-01"}, {"version", "1"}};
     for (const char* ev : {"wrap", "unwrap", "format"}) {
         INFO(ev);
@@ -151,7 +136,7 @@ TEST_CASE("e2e attach: without device-mapper every disk op says so (exit 17) and
     const json j = json::parse(s.out);
     CHECK(j.at("device_mapper") == false);
     CHECK(j.at("attached").is_null());
-    const std::vector<json> events = audit_events(a.audit);
+    const std::vector<json> events = diskcrypt::test::audit_events(a.audit);
     CHECK(has_event(events, {{"event", "attach"},
                              {"result", "failed"},
                              {"reason", "kernel"},

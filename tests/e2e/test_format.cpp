@@ -40,7 +40,6 @@ namespace {
 
 constexpr std::uint64_t kMiB = 1024ULL * 1024;
 const std::string kKeyId = "disk-key-01";
-const std::string kKeyHex = "6469736b2d6b65792d3031";  // "disk-key-01"
 
 void make_image(const std::string& path, std::uint64_t size)
 {
@@ -57,9 +56,7 @@ public:
     {
         // Let unprivileged test callers reach the socket and the CLI copy.
         REQUIRE(chmod(dir.path().c_str(), 0711) == 0);
-        run_ok({"pkcs11-tool", "--module", diskcrypt::test::kSoftHsmModule, "--token-label", "diskcrypt", "--login",
-                "--pin", hsm.pin(), "--keygen", "--key-type", "AES:32", "--id", kKeyHex, "--label", "disk key",
-                "--sensitive"});
+        hsm.create_key({.id = kKeyId, .label = "disk key"});
         write_config(agent_extra,
                      provider_override.empty() ? hsm.provider_toml("hsm", provider_extra) : provider_override);
     }

@@ -36,8 +36,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-struct Agent {
-    explicit Agent(const std::string& agent_extra = "", const std::string& audit_file = "")
+struct PeerAgent {
+    explicit PeerAgent(const std::string& agent_extra = "", const std::string& audit_file = "")
     {
         REQUIRE(chmod(dir.path().c_str(), 0755) == 0);  // other uids reach the socket
         if (!audit_file.empty()) {
@@ -101,17 +101,6 @@ json exchange(int fd, const std::string& request, int timeout_ms = 10000)
 
 const std::string kStatus = R"({"protocol":1,"op":"status"})";
 
-std::vector<json> audit_events(const std::string& file)
-{
-    std::vector<json> out;
-    std::istringstream in(diskcrypt::test::read_file(file));
-    std::string line;
-    while (std::getline(in, line)) {
-        out.push_back(json::parse(line));
-    }
-    return out;
-}
-
 // A child process as uid:gid that connects `n` times to `socket` and reports
 // on `report` how many connections were answered busy at once; it keeps them
 // open until `hold` is closed by the parent.
@@ -170,7 +159,7 @@ pid_t hold_connections(const std::string& socket, uid_t uid, gid_t gid, int n, i
 TEST_CASE("e2e hostile peer: bytes that are not UTF-8 get a protocol error and the agent serves on",
           "[e2e][hostile-peer]")
 {
-    Agent a;
+    PeerAgent a;
     a.start();
     {
         const FileDescriptor fd = connect_to(a.socket);
@@ -203,7 +192,7 @@ TEST_CASE("e2e hostile peer: bytes that are not UTF-8 get a protocol error and t
     // The five refusals of that connection are one audit event with the count.
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     int protocol_events = 0;
-    for (const auto& e : audit_events(a.audit)) {
+    for (const auto& e : diskcrypt::test::audit_events(a.audit)) {
         if (e.at("reason") == "protocol") {
             ++protocol_events;
             CHECK(e.at("result") == "refused");
@@ -219,7 +208,7 @@ TEST_CASE("e2e hostile peer: bytes that are not UTF-8 get a protocol error and t
 
 TEST_CASE("e2e hostile peer: other uids cannot take root's connection slots", "[e2e][hostile-peer]")
 {
-    Agent a("status_group = \"nogroup\"\n");
+    PeerAgent a("status_group = \"nogroup\"\n");
     a.start();
     const gid_t nogroup = 65534;
     std::vector<FileDescriptor> holds;
@@ -274,7 +263,7 @@ TEST_CASE("e2e hostile peer: other uids cannot take root's connection slots", "[
 
 TEST_CASE("e2e hostile peer: a non-root connection ends after its lifetime, however busy", "[e2e][hostile-peer]")
 {
-    Agent a("status_group = \"nogroup\"\n");
+    PeerAgent a("status_group = \"nogroup\"\n");
     a.start();
     std::array<int, 2> report{};
     REQUIRE(pipe2(report.data(), O_CLOEXEC) == 0);
@@ -317,7 +306,7 @@ TEST_CASE("e2e hostile peer: a non-root connection ends after its lifetime, howe
 
 TEST_CASE("e2e hostile peer: SIGTERM ends a wait for a disk lock at once, with an answer", "[e2e][stop]")
 {
-    Agent a;
+    PeerAgent a;
     a.start();
     // Another holder of disk-1's lock (as a second agent would be).
     std::filesystem::create_directories(a.lock_dir);
@@ -360,7 +349,7 @@ TEST_CASE("e2e hostile peer: SIGTERM while a request hangs: answered and exited 
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open is a C vararg API
     FileDescriptor reader(open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
     REQUIRE(reader);
-    Agent a("", fifo);
+    PeerAgent a("", fifo);
     a.start();
     CHECK(a.cli({"status"}).status == 0);
     reader.reset();
@@ -394,7 +383,7 @@ namespace {
 
 // Plays systemd: a listening socket at `path` with `gid` and `mode`, passed
 // to the agent as fd 3. Returns the agent's pid.
-pid_t start_activated(const Agent& a, const std::string& path, gid_t gid, mode_t mode)
+pid_t start_activated(const PeerAgent& a, const std::string& path, gid_t gid, mode_t mode)
 {
     FileDescriptor listener(socket(AF_UNIX, SOCK_SEQPACKET, 0));
     sockaddr_un laddr{};
@@ -442,7 +431,7 @@ int wait_exit(pid_t pid, int timeout_s)
 
 TEST_CASE("e2e systemd: a status_group the passed socket does not grant is refused at start", "[e2e][systemd]")
 {
-    Agent a("status_group = \"nogroup\"\n");
+    PeerAgent a("status_group = \"nogroup\"\n");
     const std::string activated = a.dir / "activated.sock";
     const pid_t pid = start_activated(a, activated, 0, 0600);
     const int status = wait_exit(pid, 20);
@@ -457,7 +446,7 @@ TEST_CASE("e2e systemd: a status_group the passed socket does not grant is refus
 
 TEST_CASE("e2e systemd: the passed socket's group is the status group", "[e2e][systemd]")
 {
-    Agent a;  // no status_group configured
+    PeerAgent a;  // no status_group configured
     const std::string activated = a.dir / "activated.sock";
     const pid_t pid = start_activated(a, activated, 65534, 0660);
     REQUIRE(diskcrypt::test::wait_for_path(activated));

@@ -3,7 +3,7 @@
 # lib.sh). Disk layout: /dev/vda and /dev/vdb, 320 MiB each, regions in MiB:
 #   0-31 kat, 32-47 interop, 48-51 messages (50-51 the race), 52-59 zero_unwritten,
 #   60-63 reload, 64-127 datapath, 128-195 async, 196-219 options,
-#   220-235 errors, 236-255 flush, 256-287 pressure; on vdb also
+#   220-235 errors, 236-255 flush, 256-287 pressure, 288-315 align; on vdb also
 #   224-319 swap; forward (own guest, leaves kat's region alone): 64-159.
 
 # shellcheck source=../vm/guest/lib.sh

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -247,6 +248,17 @@ std::string read_file(const std::string& path)
     std::ostringstream s;
     s << in.rdbuf();
     return s.str();
+}
+
+std::vector<nlohmann::json> audit_events(const std::string& file)
+{
+    std::vector<nlohmann::json> out;
+    std::istringstream in(read_file(file));
+    std::string line;
+    while (std::getline(in, line)) {
+        out.push_back(nlohmann::json::parse(line));
+    }
+    return out;
 }
 
 std::vector<std::uint8_t> read_bytes(const std::string& path)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,6 +69,8 @@ private:
 };
 
 std::string read_file(const std::string& path);
+// The audit file's lines, each parsed as JSON.
+std::vector<nlohmann::json> audit_events(const std::string& file);
 void write_file(const std::string& path, const std::string& data, mode_t mode = 0600);
 std::vector<std::uint8_t> read_bytes(const std::string& path);
 // Every regular file below `dir`, recursively.

@@ -13,7 +13,7 @@ namespace proto = diskcrypt::proto;
 
 namespace {
 
-void refused(const std::string& text, const std::string& message, Errc code = Errc::protocol)
+void request_refused(const std::string& text, const std::string& message, Errc code = Errc::protocol)
 {
     INFO("request: " << text.substr(0, 200));
     try {
@@ -63,38 +63,40 @@ TEST_CASE("protocol: requests round trip", "[protocol]")
 
 TEST_CASE("protocol: each malformed request is refused with its message", "[protocol]")
 {
-    refused("not json",
-            "request is not valid JSON: [json.exception.parse_error.101] parse error at line 1, column 2: "
-            "syntax error while parsing value - invalid literal; last read: 'no'");
-    refused("[1,2]", "request must be a JSON object");
-    refused(R"({"op":"status"})", "request has no 'protocol' field");
-    refused(R"({"protocol":"1","op":"status"})", "request: 'protocol' must be an integer");
-    refused(R"({"protocol":2,"op":"status"})", "protocol version 2 is not supported (this side speaks version 1)");
-    refused(R"({"protocol":1})", "request has no 'op' field");
-    refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
-    refused(R"({"protocol":1,"op":"mount"})",
-            "unknown op 'mount' (known: status, list, attach, detach, format, verify)");
-    refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
-    refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
-    refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
-    refused(R"({"protocol":1,"op":"format","args":{"device":"/d","type":"network-ssd"}})",
-            "op format: missing argument 'disk_id'");
+    request_refused("not json",
+                    "request is not valid JSON: [json.exception.parse_error.101] parse error at line 1, column 2: "
+                    "syntax error while parsing value - invalid literal; last read: 'no'");
+    request_refused("[1,2]", "request must be a JSON object");
+    request_refused(R"({"op":"status"})", "request has no 'protocol' field");
+    request_refused(R"({"protocol":"1","op":"status"})", "request: 'protocol' must be an integer");
+    request_refused(R"({"protocol":2,"op":"status"})",
+                    "protocol version 2 is not supported (this side speaks version 1)");
+    request_refused(R"({"protocol":1})", "request has no 'op' field");
+    request_refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
+    request_refused(R"({"protocol":1,"op":"mount"})",
+                    "unknown op 'mount' (known: status, list, attach, detach, format, verify)");
+    request_refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
+    request_refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
+    request_refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
+    request_refused(R"({"protocol":1,"op":"format","args":{"device":"/d","type":"network-ssd"}})",
+                    "op format: missing argument 'disk_id'");
     json a = kFormatArgs;
     a["force"] = "yes";
-    refused(proto::encode_request("format", a), "op format: argument 'force' must be a boolean");
+    request_refused(proto::encode_request("format", a), "op format: argument 'force' must be a boolean");
     a = kFormatArgs;
     a["sector_size"] = -512;
-    refused(proto::encode_request("format", a), "op format: argument 'sector_size' must be a non-negative integer");
+    request_refused(proto::encode_request("format", a),
+                    "op format: argument 'sector_size' must be a non-negative integer");
     a = kFormatArgs;
     a["disk_id"] = 12;
-    refused(proto::encode_request("format", a), "op format: argument 'disk_id' must be a string");
+    request_refused(proto::encode_request("format", a), "op format: argument 'disk_id' must be a string");
     a = kFormatArgs;
     a["cipher"] = "aes-cbc";
-    refused(proto::encode_request("format", a), "op format: unknown argument 'cipher'");
-    refused(R"({"protocol":1,"op":"status","args":{"verbose":true}})", "op status: unknown argument 'verbose'");
+    request_refused(proto::encode_request("format", a), "op format: unknown argument 'cipher'");
+    request_refused(R"({"protocol":1,"op":"status","args":{"verbose":true}})", "op status: unknown argument 'verbose'");
     a = kFormatArgs;
     a["disk_id"] = std::string(70000, 'x');
-    refused(proto::encode_request("format", a), "request is larger than 65536 bytes");
+    request_refused(proto::encode_request("format", a), "request is larger than 65536 bytes");
 }
 
 TEST_CASE("protocol: responses", "[protocol]")
@@ -141,10 +143,10 @@ TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable messa
             CHECK(r.code == Errc::protocol);
         }
     }
-    refused(R"({"protocol":1,"op":"\u001b[31m"})",
-            "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify)");
-    refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
-    refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
+    request_refused(R"({"protocol":1,"op":"\u001b[31m"})",
+                    "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify)");
+    request_refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
+    request_refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
     // An error whose message carries invalid UTF-8 is still encoded.
     const std::string encoded = proto::encode_error(Error(Errc::header, std::string("bad \xff")));
     CHECK(proto::parse_response(encoded).message == "bad \xef\xbf\xbd");
@@ -156,7 +158,7 @@ TEST_CASE("protocol: list takes an optional 'after'", "[protocol][list]")
     const proto::Request r = proto::parse_request(R"({"protocol":1,"op":"list","args":{"after":"disk-9"}})");
     CHECK(proto::list_args(r.args).after == "disk-9");
     CHECK_FALSE(proto::list_args(proto::parse_request(R"({"protocol":1,"op":"list"})").args).after);
-    refused(R"({"protocol":1,"op":"list","args":{"after":1}})", "op list: argument 'after' must be a string");
+    request_refused(R"({"protocol":1,"op":"list","args":{"after":1}})", "op list: argument 'after' must be a string");
     CHECK(proto::to_json(proto::ListArgs{"d"}) == json{{"after", "d"}});
     CHECK(proto::to_json(proto::ListArgs{}) == json::object());
 }
@@ -164,7 +166,7 @@ TEST_CASE("protocol: list takes an optional 'after'", "[protocol][list]")
 TEST_CASE("protocol: a number out of range is a protocol error on both sides", "[protocol][fuzz]")
 {
     // Found by the fuzz targets: nlohmann throws out_of_range, not parse_error.
-    refused(R"({"protocol":1e9999})",
-            "request is not valid JSON: [json.exception.out_of_range.406] number overflow parsing '1e9999'");
+    request_refused(R"({"protocol":1e9999})",
+                    "request is not valid JSON: [json.exception.out_of_range.406] number overflow parsing '1e9999'");
     CHECK_THROWS_AS(proto::parse_response(R"({"protocol":1e9999})"), Error);
 }

@@ -8,6 +8,8 @@
 #   --out FILE          output cpio (default $DISKCRYPT_BUILD/vm/initramfs.cpio)
 #   --module PATH.ko    out-of-tree module, installed to /lib/modules/KVER/extra/ (repeatable)
 #   --kmod NAME         extra in-tree module to include with its dependencies (repeatable)
+#   --no-kmod NAME      leave out one of the default in-tree modules below (repeatable):
+#                       the debug kernel has no AF_ALG (no networking)
 #   --bin PATH          extra host binary to include with its libraries (repeatable)
 #   --tests DIR         test directory, copied to /tests/<basename>/ (repeatable)
 #   --file SRC:DST      host file SRC copied to DST in the guest (repeatable)
@@ -46,9 +48,9 @@ die() {
 }
 
 kver="" kdir=$BUILD/vm/kernel out=$BUILD/vm/initramfs.cpio with_fio=1
-oot_modules=() extra_bins=() test_dirs=() files=()
+oot_modules=() extra_bins=() test_dirs=() files=() no_kmods=" "
 opts=$(getopt -n mkinitramfs.sh -o h \
-	-l kver:,kernel-dir:,out:,module:,kmod:,bin:,tests:,file:,no-fio,help -- "$@") || exit 2
+	-l kver:,kernel-dir:,out:,module:,kmod:,no-kmod:,bin:,tests:,file:,no-fio,help -- "$@") || exit 2
 eval set -- "$opts"
 while true; do
 	case "$1" in
@@ -57,6 +59,7 @@ while true; do
 	--out) out=$2 ;;
 	--module) oot_modules+=("$2") ;;
 	--kmod) MODULES+=("$2") ;;
+	--no-kmod) no_kmods+="$2 " ;;
 	--bin) extra_bins+=("$2") ;;
 	--tests) test_dirs+=("$2") ;;
 	--file) files+=("$2") ;;
@@ -171,6 +174,7 @@ done
 # succeeds without loading anything. A module that is neither is an error.
 for mod in "${MODULES[@]}"; do
 	[[ "$oot_names" != *" ${mod//-/_} "* ]] || continue
+	[[ "$no_kmods" != *" $mod "* ]] || continue
 	modprobe -C /dev/null -S "$kver" -d "$ktree" --show-depends "$mod" ||
 		die "module $mod not found in $ktree"
 done | awk '$1 == "insmod" { print $2 }' | LC_ALL=C sort -u | while read -r ko; do
