@@ -12,7 +12,8 @@
 #     instructions; raw, dm-crypt both
 #     ways, dm-crypt with cipher_null-ecb and the no-workqueue flags (the same
 #     target without the cipher: the cipher's share of the path), diskcrypt.
-# BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline);
+# BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline,
+# dc-depth0: diskcrypt with inline_depth:0, all crypto on its workqueue);
 # BENCH_WORKLOADS keeps only the workloads it names (e.g. randwrite-4k-qd32).
 # Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS> <I/Os> <ms>"
 # lines (I/Os completed in fio's runtime of <ms> milliseconds).
@@ -91,6 +92,7 @@ for cfg in $CONFIGS; do
 	crypt-null) dm_create "$cfg" "0 $LEN crypt cipher_null-ecb - 0 $DEV 0 $NOQ" ;;
 	diskcrypt) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0" ;;
 	dc-inline) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 inline_depth:65536" ;;
+	dc-depth0) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 inline_depth:0" ;;
 	*)
 		fail bench-setup "unknown config '$cfg'"
 		exit 1
@@ -150,6 +152,9 @@ while [ "$round" -le "$ROUNDS" ]; do
 	round=$((round + 1))
 done
 for cfg in $CONFIGS; do
+	case $cfg in
+	diskcrypt | dc-*) info "STATUS $cfg $(dmsetup status "$cfg" | cut -d' ' -f4-)" ;;
+	esac
 	[ "$cfg" = raw ] || dm_remove "$cfg"
 done
 pass bench-complete

@@ -3,7 +3,10 @@
 
 Wall-clock mode (default): each row is the median of the rounds for MB/s and
 IOPS, the spread ((max - min) / median) and the ratios diskcrypt / dm-crypt
-(both variants) and diskcrypt / raw, computed on the medians.
+(both variants) and diskcrypt / raw, computed on the medians; then, per
+workload, the paired ratio: in each round, diskcrypt's IOPS over the better
+dm-crypt's of that same round (the configurations of a round run back to
+back, so drift of the host hits them alike), and the median of those.
 
 Instruction-counting mode (--icount; QEMU ran with -icount shift=0, so one
 nanosecond of guest time is one guest instruction): one run per row, IOPS and
@@ -18,12 +21,15 @@ import statistics
 import sys
 from collections import defaultdict
 
-CONFIGS = ["raw", "crypt-default", "crypt-noqueue", "diskcrypt", "dc-inline"]
+CONFIGS = ["raw", "crypt-default", "crypt-noqueue", "diskcrypt", "dc-inline", "dc-depth0"]
+DISKCRYPTS = ("diskcrypt", "dc-inline", "dc-depth0")
 
 
 def read_results(path):
-    """(header, workload order, {(config, workload): [(KiB/s, IOPS, I/Os, ms)]})."""
+    """(header, workload order, {(config, workload): [(KiB/s, IOPS, I/Os, ms)]},
+    {(config, workload): {round: IOPS}})."""
     runs = defaultdict(list)
+    rounds = defaultdict(dict)
     header = ""
     order = []
     with open(path, encoding="utf-8") as f:
@@ -40,10 +46,11 @@ def read_results(path):
             if load not in order:
                 order.append(load)
             runs[(cfg, load)].append(tuple(nums))
-    return header, order, runs
+            rounds[(cfg, load)][parts[4]] = nums[1]
+    return header, order, runs, rounds
 
 
-def wallclock(header, order, runs):
+def wallclock(header, order, runs, rounds):
     print(f"diskcrypt benchmark, wall clock ({header})")
     print("median of rounds; spread = (max - min) / median; ratios on median IOPS")
     print(f"{'workload':<18}{'config':<15}{'MB/s':>9}{'IOPS':>10}{'spread':>8}"
@@ -59,11 +66,26 @@ def wallclock(header, order, runs):
             spread = (max(v[1] for v in vals) - min(v[1] for v in vals)) / iops if iops else 0
             med[cfg] = iops
             ratios = ""
-            if cfg in ("diskcrypt", "dc-inline"):
+            if cfg in DISKCRYPTS:
                 def ratio(base):
                     return f"{iops / med[base]:.2f}x" if med.get(base) else "-"
                 ratios = f"{ratio('crypt-default'):>10}{ratio('crypt-noqueue'):>8}{ratio('raw'):>8}"
             print(f"{load:<18}{cfg:<15}{mbs:>9.1f}{iops:>10.0f}{spread * 100:>7.1f}%{ratios}")
+    print()
+    print("paired: per round, IOPS / the better dm-crypt's IOPS in the same round")
+    print(f"{'workload':<18}{'config':<15}{'median':>8}{'min':>8}{'max':>8}{'rounds':>8}")
+    for load in order:
+        crypts = [rounds.get((c, load), {}) for c in ("crypt-default", "crypt-noqueue")]
+        for cfg in DISKCRYPTS:
+            mine = rounds.get((cfg, load), {})
+            pairs = []
+            for rnd, iops in mine.items():
+                best = max((c[rnd] for c in crypts if c.get(rnd)), default=0)
+                if best:
+                    pairs.append(iops / best)
+            if pairs:
+                print(f"{load:<18}{cfg:<15}{statistics.median(pairs):>7.2f}x{min(pairs):>7.2f}x"
+                      f"{max(pairs):>7.2f}x{len(pairs):>8}")
 
 
 def icount(header, order, runs):
@@ -150,14 +172,14 @@ def main(argv):
     if len(args) != 1:
         print("usage: report.py [--icount] RESULTS.TXT", file=sys.stderr)
         return 2
-    header, order, runs = read_results(args[0])
+    header, order, runs, rounds = read_results(args[0])
     if not runs:
         print("bench: no results", file=sys.stderr)
         return 1
     if counting:
         icount(header, order, runs)
     else:
-        wallclock(header, order, runs)
+        wallclock(header, order, runs, rounds)
     return 0
 
 

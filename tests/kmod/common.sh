@@ -84,7 +84,8 @@ dev_name() {
 }
 
 # The MiB each fio job covers. The debug guest (KASAN and lockdep under TCG,
-# roughly ten times slower) sets DCTEST_FIO_MIB on the kernel command line.
+# roughly ten times slower) and the qemu64 guest (one CPU, the C AES) set
+# DCTEST_FIO_MIB on the kernel command line.
 FIO_MIB=${DCTEST_FIO_MIB:-12}
 
 # The debug guest also runs fewer of bioshapes' iterations (DCTEST_SHAPES_PCT

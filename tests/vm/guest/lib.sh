@@ -24,7 +24,7 @@ _dctest_emit() {
 	mkdir -p "$DCTEST_STATE"
 	printf '%s\n' "$*" >>"$DCTEST_STATE/results"
 	printf '%s\n' "$*" >>"$DCTEST_OUT"
-	printf '[dctest] %s\n' "$*"
+	printf '[dctest %s] %s\n' "$(cut -d' ' -f1 /proc/uptime 2>/dev/null)" "$*"
 }
 
 # Number of result lines of a kind (PASS, FAIL) reported so far, by anyone.
