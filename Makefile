@@ -6,13 +6,13 @@
 #   make check    every test: lint, host unit tests (a Release build with
 #                 -Werror, as release-check, and ASan+UBSan), 10 s of each fuzz
 #                 target, the harness self-test, the kernel suite on Debian's
-#                 kernel (DEBUG_KERNEL=1: and on the debug kernel) and the
+#                 kernel and on the debug kernel (DEBUG_KERNEL=0: not) and the
 #                 attach suite in QEMU guests (the README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
 #   make debug-kernel  build the guest's debug kernel (KASAN, lockdep, ...) once;
 #                 cached in ~/.cache/diskcrypt/debug-kernel (tests/vm/debug-kernel.sh)
 #   make test-kmod-debug  the kernel suite's debug-full guest on that kernel
-#                 alone (make check DEBUG_KERNEL=1: beside the other steps)
+#                 alone (make check: beside the other steps)
 #   make test-attach  agent, CLI, SoftHSM2 and the module together in a guest
 #   make bench    throughput (raw, dm-crypt, diskcrypt) in two modes, then attach
 #                 latency: BENCH_MODE=both (default), icount (instructions per
@@ -69,9 +69,10 @@ release-check:
 	cmake --build $(BUILD)/release -j $(JOBS)
 
 # libFuzzer targets: clang, -fsanitize=fuzzer,address,undefined (tests/fuzz).
+# A unity build, as cxx-asan: the agent's code is compiled in a few batches.
 fuzz-build:
 	cmake -S . -B $(BUILD)/fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
-		-DDISKCRYPT_FUZZ=ON $(WERROR) >/dev/null
+		-DDISKCRYPT_FUZZ=ON -DCMAKE_UNITY_BUILD=ON $(WERROR) >/dev/null
 	cmake --build $(BUILD)/fuzz -j $(JOBS) --target fuzz-targets
 
 fuzz-smoke: fuzz-build
@@ -103,21 +104,19 @@ test-kmod-debug: kmod cxx debug-kernel
 test-attach: kmod cxx
 	tests/attach/run.sh
 
-# make check DEBUG_KERNEL=1 also runs the kernel suite's debug-full guest
-# (tests/kmod/run.sh) on the debug kernel, started at once, beside the other
-# steps: it builds the debug kernel first when it is not cached (18-20
-# CPU-minutes), then boots it. It runs in a process group of its own, so that
-# a failing step stops it with all its children; its output is shown, and its
-# status counted, at the end (log: $(BUILD)/test-kmod-debug.log). Its KASAN
-# and KFENCE take the place of the slub guest (slub_debug on Debian's kernel:
-# the same tests, a subset of the memory errors KASAN reports), so test-kmod
-# then leaves that guest out. Not yet the default: cold .ci/run with it took
-# 45 min 0 s and 49 min 2 s (2026-12-02), against CI's 45; the CPU was busy
-# throughout and the same steps ran 11% slower in the second run.
+# make check also runs the kernel suite's debug-full guest (tests/kmod/run.sh)
+# on the debug kernel, started at once, beside the other steps: it builds the
+# debug kernel first when it is not cached (18-20 CPU-minutes), then boots it.
+# It runs in a process group of its own, so that a failing step stops it with
+# all its children; its output is shown, and its status counted, at the end
+# (log: $(BUILD)/test-kmod-debug.log). Its KASAN and KFENCE take the place of
+# the slub guest (slub_debug on Debian's kernel: the same tests, a subset of
+# the memory errors KASAN reports), so test-kmod then leaves that guest out.
+# DEBUG_KERNEL=0 leaves the debug guest out and runs the slub guest instead.
 # The fuzz smoke runs in the background too, at nice 19, from the end of the
 # unit step: it takes the CPU that the guests of test-vm, test-kmod and
-# test-attach leave idle (30-70% of it for 5 minutes in a cold run).
-DEBUG_KERNEL ?= 0
+# test-attach leave idle.
+DEBUG_KERNEL ?= 1
 ifeq ($(DEBUG_KERNEL),1)
 CHECK_KMOD_GUESTS := max-smp2 qemu64 forward
 else

@@ -48,7 +48,7 @@ elif grep -E 'warning:|error:|sparse:' <<<"$out" | grep -v 'Skipping BTF'; then
 fi
 # The kernel suite's test cipher driver, in a copy (Kbuild writes next to the
 # sources), against the headers kmod/ builds with.
-kdir=/lib/modules/$(dpkg-query -W -f='${Depends}' linux-headers-amd64 | sed -n 's/.*linux-headers-\([^ ,]*\).*/\1/p')/build
+kdir=$(make -s --no-print-directory -C "$ROOT/kmod" print-kdir)
 al=$BUILD/lint/align-kmod
 rm -rf "$al"
 cp -r "$ROOT/tests/kmod/align-kmod" "$al"
@@ -59,16 +59,22 @@ elif grep -E 'warning:|error:|sparse:' <<<"$out" | grep -v 'Skipping BTF'; then
 fi
 
 echo "lint: clang-tidy and clang-format on C++" >&2
-cmake -S "$ROOT" -B "$BUILD/cmake" >/dev/null
 mapfile -t cxx < <(cd "$ROOT" && git ls-files '*.cpp' '*.hpp')
 if ((${#cxx[@]})); then
 	(cd "$ROOT" && clang-format --dry-run --Werror "${cxx[@]}") || finding "clang-format: run clang-format -i on the files above"
-	# One clang-tidy per source file, as many at once as there are CPUs. The
-	# headers are checked where the sources include them (HeaderFilterRegex
-	# in .clang-tidy); tidying each header alone as well only repeated that.
-	mapfile -t sources < <(cd "$ROOT" && git ls-files '*.cpp')
-	if ! (cd "$ROOT" && printf '%s\0' "${sources[@]}" |
-		xargs -0 -P "$(nproc)" -n 1 clang-tidy --quiet -p "$BUILD/cmake" 2>/dev/null); then
+	# clang-tidy over a unity configuration (the batches make cxx-asan
+	# compiles): most of clang-tidy's time goes to the headers every source
+	# includes, so 20 batches take 397 CPU-seconds (207 s on two cores) where
+	# the 55 sources one by one took 920 (474 s), 2026-12-02. Findings in a
+	# batched source or a header (HeaderFilterRegex in .clang-tidy) are
+	# reported at their own file and line, as before. A Debug configuration:
+	# assert() stays visible. The batches live in the build folder, so the
+	# configuration file is named.
+	tidy=$BUILD/lint/tidy
+	cmake -S "$ROOT" -B "$tidy" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_UNITY_BUILD=ON >/dev/null
+	if ! python3 -c 'import json, sys; print("\0".join(e["file"] for e in json.load(sys.stdin)), end="")' \
+		<"$tidy/compile_commands.json" |
+		xargs -0 -P "$(nproc)" -n 1 clang-tidy --quiet --config-file="$ROOT/.clang-tidy" -p "$tidy" 2>/dev/null; then
 		finding "clang-tidy: see the findings above"
 	fi
 fi

@@ -25,7 +25,7 @@ for c in "512 0 0 128" "4096 2048 1 130"; do
 	dm_remove as-dc as-crypt
 done
 
-for ss in 512 4096; do
+for ss in $SECTOR_SIZES; do
 	base=$(((ss == 512 ? 132 : 164) * MiB))
 	opts=$(feature_args "$ss" 1)
 	dm_create as "0 $((24 * MiB)) diskcrypt $ASYNC $KEYREF 0 /dev/vda $base $opts" &&

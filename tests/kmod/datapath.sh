@@ -7,7 +7,7 @@
 . /tests/kmod/common.sh
 kmod_setup || { fail datapath-setup "cannot load dm-diskcrypt or add the key"; exit 1; }
 
-for ss in 512 4096; do
+for ss in $SECTOR_SIZES; do
 	base=$(((ss == 512 ? 64 : 96) * MiB))
 	opts=$(feature_args "$ss" 1)
 	tab="aes-xts-plain64 $KEYREF 0 /dev/vda"

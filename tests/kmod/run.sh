@@ -20,7 +20,9 @@
 #              errors, pressure, messages (the key-message race), reload and
 #              forward (the hang),
 #              sized for KASAN under TCG: 1 MiB per fio job (blocks to 1 MiB),
-#              2 MiB per forward writer, a twentieth of bioshapes' iterations,
+#              datapath's and async's loads at 4096-byte sectors only (pressure
+#              and forward load 512-byte ones), 2 MiB per forward writer, a
+#              twentieth of bioshapes' iterations,
 #              no dm-crypt control runs (the guests on Debian's kernel run
 #              them), 900 s for the forward fio, hung tasks at 120 s, and the
 #              test ciphers over AES-NI instead of the C AES, which KASAN
@@ -59,7 +61,7 @@ W=${DISKCRYPT_KMOD_WORK:-$BUILD/vm/kmod}
 # The debug kernel's guests: panic on a hung task or soft lockup, and sizes
 # for KASAN under TCG (tests/kmod/common.sh, async.sh, forward.sh).
 DEBUG_ARGS=hung_task_panic=1,softlockup_panic=1,loglevel=5,DCTEST_FIO_MIB=1
-DEBUG_ARGS+=,DCTEST_SHAPES_PCT=5,DCTEST_CONTROL=0
+DEBUG_ARGS+=,DCTEST_SHAPES_PCT=5,DCTEST_CONTROL=0,DCTEST_SECTOR_SIZES=4096
 DEBUG_ARGS+=,DCTEST_FORWARD_MIB=2,DCTEST_FORWARD_LIMIT=900
 DEBUG_ARGS+=,DCTEST_HUNG_TASK_SECS=120
 DEBUG_ARGS+=,DCTEST_AES=aes-aesni
