@@ -12,8 +12,9 @@
 #              task detector: 20 s, panic)
 #   slub       Debian's kernel, -cpu max, 2 CPUs, slub_debug=FZPU page_poison=1
 #              panic_on_warn=1: the data-path and concurrency tests
-#   debug-full (not by default: make test-kmod-debug, make check
-#              DEBUG_KERNEL=1) the debug kernel of tests/vm/debug-kernel.sh
+#   debug-full (not in this script's default list: make test-kmod-debug, and
+#              make check beside its other steps) the debug kernel of
+#              tests/vm/debug-kernel.sh
 #              (KASAN, KFENCE, lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, hung
 #              task detector; built on first use, ~20 CPU-minutes), -cpu max,
 #              2 CPUs, panic on a hung task or soft lockup: datapath, async,
