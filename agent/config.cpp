@@ -188,6 +188,32 @@ std::optional<bool> ConfigSection::optional_bool(std::string_view key)
     return value->get();
 }
 
+std::optional<std::vector<std::string>> ConfigSection::optional_string_list(std::string_view key)
+{
+    const toml::node* node = get(key);
+    if (node == nullptr) {
+        return std::nullopt;
+    }
+    const auto* array = node->as_array();
+    if (array == nullptr) {
+        throw error_at(key, "expected an array of strings, found " + type_name(*node));
+    }
+    std::vector<std::string> out;
+    out.reserve(array->size());
+    for (const toml::node& item : *array) {
+        const auto* value = item.as_string();
+        if (value == nullptr) {
+            throw error_at(key, "expected an array of strings, found " + type_name(item) + " in it");
+        }
+        const std::string& text = value->get();
+        if (text.empty() || text.find('\0') != std::string::npos) {
+            throw error_at(key, "its strings must be non-empty and must not contain NUL bytes");
+        }
+        out.push_back(text);
+    }
+    return out;
+}
+
 std::optional<std::string> ConfigSection::optional_path(std::string_view key)
 {
     auto value = optional_string(key);

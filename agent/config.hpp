@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "agent/audit.hpp"
 #include "agent/error.hpp"
@@ -38,6 +39,8 @@ public:
     [[nodiscard]] std::optional<std::string> optional_string(std::string_view key);
     [[nodiscard]] std::string required_string(std::string_view key);
     [[nodiscard]] std::optional<bool> optional_bool(std::string_view key);
+    // An array of strings, each non-empty and without NUL bytes (the array may be empty).
+    [[nodiscard]] std::optional<std::vector<std::string>> optional_string_list(std::string_view key);
     // An absolute path (starts with '/', no NUL, at most PATH_MAX).
     [[nodiscard]] std::optional<std::string> optional_path(std::string_view key);
     [[nodiscard]] std::string required_path(std::string_view key);

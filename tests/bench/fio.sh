@@ -5,7 +5,8 @@
 #     (defaults), dm-crypt with no_read_workqueue and no_write_workqueue,
 #     diskcrypt (defaults) and diskcrypt with all crypto inline whatever the
 #     queue depth (inline_depth:65536). Rounds are interleaved (every config
-#     runs once per round) so that drift in the emulator hits all configs alike.
+#     runs once per round, each round starting one config later than the last)
+#     so that drift in the emulator hits all configs alike.
 #   icount (the host runs QEMU with -icount): a brd ram disk (or with
 #     BENCH_DEVICE=nullb a memory-backed null_blk that completes in hard-IRQ
 #     context), so that nothing waits on the host and guest time counts
@@ -124,13 +125,32 @@ if [ -n "${BENCH_WORKLOADS:-}" ]; then
 fi
 
 info "BENCH mode=$MODE device=$DEV rounds=$ROUNDS runtime=$FIO_RUNTIME size=$SIZE cpus=$(nproc) driver=$(grep -A2 'name *: xts(aes)' /proc/crypto | sed -n 's/driver *: //p' | head -n 1)"
+# rotate N A B C...: the list started N places later (rotate 1 a b c: b c a).
+rotate() {
+	n=$1
+	shift
+	while [ "$n" -gt 0 ]; do
+		set -- "$@" "$1"
+		shift
+		n=$((n - 1))
+	done
+	echo "$@"
+}
+
+ncfg=0
+for cfg in $CONFIGS; do ncfg=$((ncfg + 1)); done
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
+	# Each round starts one configuration later, so that no configuration
+	# always runs in the same place (after the same neighbour, at the same
+	# time into the round) while the emulator drifts.
+	# shellcheck disable=SC2086 # a list of words
+	order=$(rotate $(((round - 1) % ncfg)) $CONFIGS)
 	for w in $WORKLOADS; do
 		name=${w%%:*} rest=${w#*:}
 		rw=${rest%%:*} rest=${rest#*:}
 		bs=${rest%%:*} qd=${rest#*:}
-		for cfg in $CONFIGS; do
+		for cfg in $order; do
 			out=$(fio --name=b --filename="$(dev_of "$cfg")" --rw="$rw" --bs="${bs}k" \
 				--iodepth="$qd" --ioengine=libaio --direct=1 --size=$SIZE \
 				--runtime="$FIO_RUNTIME" --time_based --randrepeat=$SEED --norandommap \

@@ -13,7 +13,9 @@
 #              (which completes in the submitter).
 #   wallclock  plain TCG, the virtio disk (image in host RAM), five configurations
 #              (the above without cipher_null, plus diskcrypt inline_depth:65536),
-#              medians of BENCH_ROUNDS rounds (default 5) of BENCH_RUNTIME seconds.
+#              medians of BENCH_ROUNDS rounds (default 5, each starting one
+#              configuration later) of BENCH_RUNTIME seconds, with a bootstrap
+#              95% interval of diskcrypt / the better dm-crypt.
 # Environment: BENCH_MODE, BENCH_ROUNDS, BENCH_RUNTIME, BENCH_ICOUNT_MS, BENCH_DEVICE,
 # BENCH_CONFIGS (the guest's configuration list for both modes), BENCH_WORKLOADS
 # (only these workloads, e.g. randwrite-4k-qd32), BENCH_CPU (max
