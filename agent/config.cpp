@@ -33,17 +33,6 @@ std::string type_name(const toml::node& node)
     }
 }
 
-// "FILE:LINE: text" for a node without a ConfigSection.
-Error located(const std::string& source, const toml::node& node, const std::string& text)
-{
-    std::string msg = source;
-    msg += ":";
-    msg += std::to_string(node.source().begin.line);
-    msg += ": ";
-    msg += text;
-    return {Errc::config, msg};
-}
-
 std::string unknown_section(const std::string& name)
 {
     return "unknown section '" + name + "' (known: [agent], [audit], [providers.NAME])";
@@ -248,25 +237,39 @@ kms::Provider* AgentConfig::provider(std::string_view name) const
     return it == providers.end() ? nullptr : it->second.get();
 }
 
-AgentConfig parse_config(std::string_view text, const std::string& source)
+toml::table parse_toml(std::string_view text, const std::string& source)
 {
-    toml::table root;
     try {
-        root = toml::parse(text, source);
+        return toml::parse(text, source);
     } catch (const toml::parse_error& e) {
         throw Error(Errc::config,
                     source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
     }
+}
+
+Error config_error_at(const std::string& source, const toml::node& node, const std::string& text)
+{
+    std::string msg = source;
+    msg += ":";
+    msg += std::to_string(node.source().begin.line);
+    msg += ": ";
+    msg += text;
+    return {Errc::config, msg};
+}
+
+AgentConfig parse_config(std::string_view text, const std::string& source)
+{
+    const toml::table root = parse_toml(text, source);
 
     AgentConfig cfg;
     cfg.source = source;
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
         if (k != "agent" && k != "providers" && k != "audit") {
-            throw located(source, node, unknown_section(k));
+            throw config_error_at(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
-            throw located(source, node, must_be_table(k));
+            throw config_error_at(source, node, must_be_table(k));
         }
     }
 
@@ -285,7 +288,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
             const std::string section = "providers." + name;
             const auto* table = node.as_table();
             if (table == nullptr) {
-                throw located(source, node, must_be_table(section));
+                throw config_error_at(source, node, must_be_table(section));
             }
             ConfigSection s(*table, source, section);
             try {

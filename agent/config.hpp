@@ -77,6 +77,11 @@ struct AgentConfig {
     [[nodiscard]] kms::Provider* provider(std::string_view name) const;
 };
 
+// TOML text parsed, or Error(config) "SOURCE:LINE: what the parser says".
+toml::table parse_toml(std::string_view text, const std::string& source);
+// Error(config) "SOURCE:LINE: text" at a node (for a node without a section).
+Error config_error_at(const std::string& source, const toml::node& node, const std::string& text);
+
 // Parses configuration text; `source` names it in errors.
 AgentConfig parse_config(std::string_view text, const std::string& source);
 // Reads and parses a file.

@@ -68,7 +68,9 @@ std::string where_bindable(Role role)
     return out;
 }
 
-// Runs a validator; its Error(usage) becomes Error(config) at the key's line.
+// Runs a validator; its Error(usage) becomes Error(config) at the key's line,
+// or at the section's line when the key is empty (a problem with the
+// section's own name).
 template <typename F>
 auto at(const ConfigSection& s, std::string_view key, F&& f)
 {
@@ -78,27 +80,8 @@ auto at(const ConfigSection& s, std::string_view key, F&& f)
         if (e.code() != Errc::usage) {
             throw;
         }
-        throw s.error_at(key, e.what());
+        throw key.empty() ? s.error(e.what()) : s.error_at(key, e.what());
     }
-}
-
-// The same, for a problem with the section's own name: at the section's line.
-template <typename F>
-auto at_section(const ConfigSection& s, F&& f)
-{
-    try {
-        return std::forward<F>(f)();
-    } catch (const Error& e) {
-        if (e.code() != Errc::usage) {
-            throw;
-        }
-        throw s.error(e.what());
-    }
-}
-
-Error located(const std::string& source, const toml::node& node, const std::string& text)
-{
-    return {Errc::config, source + ":" + std::to_string(node.source().begin.line) + ": " + text};
 }
 
 const toml::table& table_of(const std::string& source, const toml::node& node, const std::string& name,
@@ -106,7 +89,7 @@ const toml::table& table_of(const std::string& source, const toml::node& node, c
 {
     const auto* t = node.as_table();
     if (t == nullptr) {
-        throw located(source, node, "'" + name + "' must be a table (" + form + ")");
+        throw config_error_at(source, node, "'" + name + "' must be a table (" + form + ")");
     }
     return *t;
 }
@@ -249,23 +232,16 @@ Policy Policy::parse(std::string_view text, const std::string& source)
         throw Error(Errc::config,
                     source + ": the access policy is larger than " + std::to_string(kMaxPolicyBytes >> 20) + " MiB");
     }
-    toml::table root;
-    try {
-        root = toml::parse(text, source);
-    } catch (const toml::parse_error& e) {
-        throw Error(Errc::config,
-                    source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
-    }
-
+    const toml::table root = parse_toml(text, source);
     Policy p;
     p.revision_ = content_revision(text);
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
         if (k != "keys" && k != "service_accounts" && k != "groups" && k != "bindings") {
-            throw located(source, node,
-                          "unknown section '" + printable(k, 64) +
-                              "' (known: [keys.\"PROVIDER:KEY_ID\"], [service_accounts.ID], [groups.ID], "
-                              "[[bindings]])");
+            throw config_error_at(source, node,
+                                  "unknown section '" + printable(k, 64) +
+                                      "' (known: [keys.\"PROVIDER:KEY_ID\"], [service_accounts.ID], [groups.ID], "
+                                      "[[bindings]])");
         }
     }
 
@@ -279,7 +255,7 @@ Policy Policy::parse(std::string_view text, const std::string& source)
             const std::string name(key.str());
             const std::string where = std::string(section) + "." + printable(name, 160);
             ConfigSection s(table_of(source, entry, where, form), source, where);
-            const Resource r = at_section(s, [&] { return resource_of(name); });
+            const Resource r = at(s, "", [&] { return resource_of(name); });
             const std::string folder = s.required_string("folder");
             at(s, "folder", [&] { validate_folder_id(folder); });
             s.finish();
@@ -296,7 +272,7 @@ Policy Policy::parse(std::string_view text, const std::string& source)
             const std::string id(key.str());
             const std::string where = "groups." + printable(id, 160);
             ConfigSection s(table_of(source, entry, where, "[groups.ID] with members = [...]"), source, where);
-            at_section(s, [&] { validate_group_id(id); });
+            at(s, "", [&] { validate_group_id(id); });
             const auto members = s.optional_string_list("members");
             if (!members) {
                 throw s.error("missing required key 'members'");
@@ -321,11 +297,12 @@ Policy Policy::parse(std::string_view text, const std::string& source)
     if (const toml::node* node = root.get("bindings")) {
         const auto* list = node->as_array();
         if (list == nullptr || !list->is_array_of_tables()) {
-            throw located(source, *node, "'bindings' must be an array of tables ([[bindings]])");
+            throw config_error_at(source, *node, "'bindings' must be an array of tables ([[bindings]])");
         }
         if (list->size() > kMaxBindings) {
-            throw located(source, *node,
-                          "more than " + std::to_string(kMaxBindings) + " bindings; bind roles on folders instead");
+            throw config_error_at(
+                source, *node,
+                "more than " + std::to_string(kMaxBindings) + " bindings; bind roles on folders instead");
         }
         for (const toml::node& entry : *list) {
             ConfigSection s(*entry.as_table(), source, "bindings");
