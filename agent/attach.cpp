@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/access.hpp"
 #include "agent/audit.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/dm.hpp"
@@ -113,6 +114,10 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
                 d.sector_size = ct->sector_size;
                 d.iv_large_sectors = ct->iv_large_sectors;
                 d.allow_discards = ct->allow_discards;
+                d.zero_unwritten = ct->zero_unwritten;
+                d.read_workqueue = ct->read_workqueue;
+                d.write_workqueue = ct->write_workqueue;
+                d.inline_depth = ct->inline_depth;
                 d.luks_uuid = luks_uuid_from_key_description(ct->key_description).value_or("");
             }
         }
@@ -168,21 +173,13 @@ std::string holders_text(const DiskInfo& d)
     return s.empty() ? "held open by a process that could not be identified (a VM, or another namespace)" : s;
 }
 
-// The disk type's discards policy (names.hpp) and the caller's request; the
-// header's persistent flag is never asked. Error(usage) if the caller asks
-// and the type does not permit it.
-bool discards_allowed(const proto::AttachArgs& args, const DiskHeader& header)
+// The disk type's discards policy (its profile, names.hpp, with the host's
+// overrides) and the caller's request; the header's persistent flag is never
+// asked. Error(usage) if the caller asks and the type does not permit it.
+bool discards_allowed(const AgentConfig& cfg, const proto::AttachArgs& args, const DiskHeader& header)
 {
-    if (!args.allow_discards) {
-        return false;
-    }
-    for (const auto& t : disk_types()) {
-        if (t.name == header.token.disk_type && t.encryptable) {
-            if (!t.discards) {
-                break;
-            }
-            return true;
-        }
+    if (!args.allow_discards || cfg.profile(header.token.disk_type).discards) {
+        return args.allow_discards;
     }
     throw Error(Errc::usage,
                 "disk " + args.disk_id + " is of type " + header.token.disk_type +
@@ -322,8 +319,13 @@ std::vector<std::string> holders_of(unsigned major, unsigned minor, const std::s
 AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
 {
     const auto started = Clock::now();
-    validate_disk_id(args.disk_id);
+    const DiskClaim claim = make_claim(cfg, args.disk_id, args.type, args.key);
     validate_service_account(args.service_account);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = claim.key;
+    }
+    // Before anything is opened, locked or asked: nothing is left behind by a denial.
+    const std::string policy_revision = authorize(cfg, unwrap_checks(args.service_account, claim.key));
     const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
     dm::require_available();
     // The path is opened once, here, and never again: libcryptsetup reads
@@ -333,6 +335,7 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
 
     AttachResult res;
     res.service_account = args.service_account;
+    res.policy_revision = policy_revision;
     res.device = dev.shown;
 
     auto existing = find_disk(args.disk_id);
@@ -352,11 +355,8 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
         }
         const CryptDevice cd = open_luks2(dev.fd_path, args.device);
         const DiskHeader header = read_header(cd.get(), args.device);
-        if (header.token.disk_id != args.disk_id) {
-            throw Error(Errc::binding, "device " + dev.shown + ": this header belongs to disk " + header.token.disk_id +
-                                           ", not " + args.disk_id);
-        }
-        (void)discards_allowed(args, header);
+        check_claim(header, claim);
+        (void)discards_allowed(cfg, args, header);
         if (audit::Context* ctx = audit::current()) {
             ctx->key = header.token.key;
             ctx->luks_uuid = header.luks_uuid;
@@ -394,10 +394,12 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
         ctx->key = header.token.key;
         ctx->luks_uuid = header.luks_uuid;
     }
+    check_claim(header, claim);
     // The table first (refuses foreign ciphers, bad sizes and discards the
     // disk type does not allow before the KMS is asked).
-    CryptTable table =
-        table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "", discards_allowed(args, header));
+    CryptTable table = table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "",
+                                         discards_allowed(cfg, args, header));
+    apply_profile(table, cfg.profile(header.token.disk_type));
     SecureBuffer dek(kDekBytes);
     {
         const SecureBuffer secret = unwrap_secret(cfg, header, args.disk_id);
@@ -535,6 +537,10 @@ json to_json(const DiskInfo& d)
         {"sector_size", d.sector_size},
         {"iv_large_sectors", d.iv_large_sectors},
         {"allow_discards", d.allow_discards},
+        {"zero_unwritten", d.zero_unwritten},
+        {"read_workqueue", d.read_workqueue},
+        {"write_workqueue", d.write_workqueue},
+        {"inline_depth", d.inline_depth ? nlohmann::json(*d.inline_depth) : nlohmann::json(nullptr)},
         {"luks_uuid", or_null(d.luks_uuid)},
         {"target", d.target},
         {"key_state", or_null(d.key_state)},
@@ -556,6 +562,7 @@ json to_json(const AttachResult& r)
     json j = to_json(r.disk);
     j["device"] = r.device;
     j["service_account"] = r.service_account;
+    j["policy_revision"] = r.policy_revision;
     j["data_offset"] = r.data_offset;
     j["already_attached"] = r.already_attached;
     j["elapsed_ms"] = r.elapsed_ms;

@@ -48,6 +48,10 @@ struct DiskInfo {
     unsigned sector_size = 512;
     bool iv_large_sectors = false;
     bool allow_discards = false;
+    bool zero_unwritten = false;
+    bool read_workqueue = false;
+    bool write_workqueue = false;
+    std::optional<unsigned> inline_depth;  // null: the target's default
     std::string luks_uuid;
     std::string target;     // "diskcrypt", or "error" after a forced detach
     std::string key_state;  // "valid", "wiped" (from the target's status), "" if unknown
@@ -69,7 +73,8 @@ inline constexpr std::string_view kEmptyState = "empty: left by an interrupted a
 struct AttachResult {
     DiskInfo disk;
     std::string service_account;
-    std::string device;  // as the caller named it
+    std::string policy_revision;  // the access policy the check was made under
+    std::string device;           // as the caller named it
     std::string provider_type;
     std::uint64_t data_offset = 0;
     bool already_attached = false;

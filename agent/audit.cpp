@@ -65,8 +65,9 @@ std::string summary(const Event& e)
 Event cleaned(const Event& e)
 {
     Event c = e;
-    for (std::string* s : {&c.event, &c.result, &c.reason, &c.message, &c.context.op, &c.context.disk_id,
-                           &c.context.service_account, &c.context.device, &c.context.luks_uuid}) {
+    for (std::string* s :
+         {&c.event, &c.result, &c.reason, &c.message, &c.context.op, &c.context.disk_id, &c.context.service_account,
+          &c.context.device, &c.context.luks_uuid, &c.context.user, &c.context.policy_revision}) {
         *s = sanitize(*s);
     }
     if (c.context.key) {
@@ -84,6 +85,7 @@ bool is_refusal(Errc code)
     switch (code) {
         case Errc::usage:
         case Errc::permission_denied:
+        case Errc::access_denied:
         case Errc::binding:
         case Errc::busy:
         case Errc::conflict:
@@ -106,9 +108,11 @@ nlohmann::ordered_json to_json(const Event& event, const std::string& time)
         {"op", or_null(c.op)},
         {"disk_id", or_null(c.disk_id)},
         {"service_account", or_null(c.service_account)},
+        {"user", or_null(c.user)},
         {"caller", {{"uid", c.uid}, {"pid", c.pid}}},
         {"device", or_null(c.device)},
         {"luks_uuid", or_null(c.luks_uuid)},
+        {"policy_revision", or_null(c.policy_revision)},
         {"reason", or_null(e.reason)},
         {"message", or_null(e.message)},
     };
@@ -141,6 +145,8 @@ std::vector<std::string> journal_fields(const Event& event)
         {"DISKCRYPT_OP", c.op},
         {"DISKCRYPT_DISK_ID", c.disk_id},
         {"DISKCRYPT_SERVICE_ACCOUNT", c.service_account},
+        {"DISKCRYPT_USER", c.user},
+        {"DISKCRYPT_POLICY_REVISION", c.policy_revision},
         {"DISKCRYPT_DEVICE", c.device},
         {"DISKCRYPT_LUKS_UUID", c.luks_uuid},
         {"DISKCRYPT_KEY_PROVIDER", c.key ? c.key->provider : ""},

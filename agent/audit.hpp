@@ -43,6 +43,8 @@ struct Context {
     std::string device;
     std::optional<KeyRef> key;
     std::string luks_uuid;
+    std::string user;             // format: the acting user the control plane names
+    std::string policy_revision;  // the access policy's revision a decision was made under
 };
 
 struct Event {
@@ -58,8 +60,8 @@ struct Event {
 bool is_refusal(Errc code);
 
 // The event as one JSON object (time, event, result, disk_id,
-// service_account, key{provider,id,version}, caller{uid,pid}, device,
-// luks_uuid, reason, message); empty fields are null.
+// service_account, user, key{provider,id,version}, caller{uid,pid}, device,
+// luks_uuid, policy_revision, reason, message); empty fields are null.
 nlohmann::ordered_json to_json(const Event& e, const std::string& time);
 // The event as journal fields, "NAME=value" (MESSAGE, PRIORITY,
 // SYSLOG_IDENTIFIER, DISKCRYPT_EVENT, DISKCRYPT_RESULT, DISKCRYPT_DISK_ID, ...).

@@ -35,7 +35,7 @@ std::string type_name(const toml::node& node)
 
 std::string unknown_section(const std::string& name)
 {
-    return "unknown section '" + name + "' (known: [agent], [audit], [providers.NAME])";
+    return "unknown section '" + name + "' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME])";
 }
 
 std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
@@ -79,11 +79,63 @@ void parse_agent_section(ConfigSection& s, AgentConfig& cfg)
     if (auto dir = s.optional_path("lock_dir")) {
         cfg.lock_dir = *dir;
     }
+    cfg.policy_path = s.optional_path("policy");
     if (auto level = s.optional_string("log_level")) {
         if (!parse_log_level(*level, cfg.log_level)) {
             throw s.error_at("log_level",
                              "log_level must be one of error, warning, info, debug (not '" + *level + "')");
         }
+    }
+    s.finish();
+}
+
+// Calls fn(NAME, section) for each [GROUP.NAME] table; anything else under
+// GROUP is refused at its line.
+template <typename F>
+void for_each_named_section(const toml::table& root, const std::string& group, const std::string& source, F&& fn)
+{
+    const auto* tables = root.get_as<toml::table>(group);
+    if (tables == nullptr) {
+        return;
+    }
+    for (const auto& [key, node] : *tables) {
+        const std::string name(key.str());
+        std::string section = group;
+        section += ".";
+        section += name;
+        const auto* table = node.as_table();
+        if (table == nullptr) {
+            throw config_error_at(source, node, must_be_table(section));
+        }
+        ConfigSection s(*table, source, section);
+        fn(name, s);
+    }
+}
+
+// [disk_types.TYPE]: the host's overrides of an encryptable type's profile.
+void parse_disk_type_section(ConfigSection& s, const std::string& name, AgentConfig& cfg)
+{
+    const DiskType* type = nullptr;
+    try {
+        type = &encryptable_disk_type(name);
+    } catch (const Error& e) {
+        throw s.error(e.what() + (e.hint().empty() ? "" : " (" + e.hint() + ")"));
+    }
+    DiskProfile& p = cfg.disk_profiles.try_emplace(std::string(type->name), type->profile).first->second;
+    if (const auto ss = s.optional_unsigned("sector_size", 4096)) {
+        try {
+            validate_sector_size(*ss);
+        } catch (const Error& e) {
+            throw s.error_at("sector_size", e.what());
+        }
+        p.sector_size = *ss;
+    }
+    p.discards = s.optional_bool("discards").value_or(p.discards);
+    p.zero_unwritten = s.optional_bool("zero_unwritten").value_or(p.zero_unwritten);
+    p.read_workqueue = s.optional_bool("read_workqueue").value_or(p.read_workqueue);
+    p.write_workqueue = s.optional_bool("write_workqueue").value_or(p.write_workqueue);
+    if (const auto depth = s.optional_unsigned("inline_depth", kMaxInlineDepth)) {
+        p.inline_depth = *depth;
     }
     s.finish();
 }
@@ -177,6 +229,22 @@ std::optional<bool> ConfigSection::optional_bool(std::string_view key)
     return value->get();
 }
 
+std::optional<unsigned> ConfigSection::optional_unsigned(std::string_view key, unsigned max)
+{
+    const toml::node* node = get(key);
+    if (node == nullptr) {
+        return std::nullopt;
+    }
+    const auto* value = node->as_integer();
+    if (value == nullptr) {
+        throw error_at(key, "expected an integer, found " + type_name(*node));
+    }
+    if (value->get() < 0 || value->get() > max) {
+        throw error_at(key, "must be from 0 to " + std::to_string(max) + " (not " + std::to_string(value->get()) + ")");
+    }
+    return static_cast<unsigned>(value->get());
+}
+
 std::optional<std::vector<std::string>> ConfigSection::optional_string_list(std::string_view key)
 {
     const toml::node* node = get(key);
@@ -257,6 +325,56 @@ Error config_error_at(const std::string& source, const toml::node& node, const s
     return {Errc::config, msg};
 }
 
+const DiskProfile& AgentConfig::profile(std::string_view type) const
+{
+    const DiskType& t = encryptable_disk_type(type);
+    const auto it = disk_profiles.find(t.name);
+    return it == disk_profiles.end() ? t.profile : it->second;
+}
+
+kms::Provider& require_provider(const AgentConfig& cfg, const KeyRef& key)
+{
+    if (kms::Provider* p = cfg.provider(key.provider)) {
+        return *p;
+    }
+    std::string known;
+    for (const auto& [name, p] : cfg.providers) {
+        known += (known.empty() ? "" : ", ") + name;
+    }
+    throw Error(Errc::usage, "key " + key.spec() + " names provider '" + key.provider +
+                                 "', which this agent does not configure (configured: " + known + ")");
+}
+
+std::shared_ptr<const policy::Policy> AgentConfig::policy() const
+{
+    static const auto kEmpty = std::make_shared<const policy::Policy>(policy::Policy::empty());
+    return policy_source ? policy_source->current() : kEmpty;
+}
+
+void open_policy(AgentConfig& cfg)
+{
+    if (!cfg.policy_path) {
+        log_warning("no access policy ([agent] policy in " + cfg.source +
+                    "): every format, attach and verify will be denied");
+        return;
+    }
+    const std::string path = *cfg.policy_path;
+    const auto report = [](const policy::ReloadEvent& e) {
+        audit::Event ev{"policy", e.loaded ? "ok" : "refused", {}, e.loaded ? "" : "config", e.message};
+        ev.context.policy_revision = e.revision;
+        if (e.loaded) {
+            log_info(e.message + " (revision " + e.revision + ")");
+        } else {
+            log_warning(e.message + " (revision " + e.revision + " stays in force)");
+        }
+        audit::emit(ev);
+    };
+    cfg.policy_source = std::make_unique<policy::FilePolicySource>(path, report);
+    const auto p = cfg.policy_source->current();
+    report({true, p->revision(),
+            "access policy " + path + " loaded at start: " + std::to_string(p->binding_count()) + " bindings"});
+}
+
 AgentConfig parse_config(std::string_view text, const std::string& source)
 {
     const toml::table root = parse_toml(text, source);
@@ -265,7 +383,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     cfg.source = source;
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
-        if (k != "agent" && k != "providers" && k != "audit") {
+        if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types") {
             throw config_error_at(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
@@ -282,25 +400,19 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
         parse_audit_section(s, cfg);
     }
 
-    if (const auto* providers = root.get_as<toml::table>("providers")) {
-        for (const auto& [key, node] : *providers) {
-            const std::string name(key.str());
-            const std::string section = "providers." + name;
-            const auto* table = node.as_table();
-            if (table == nullptr) {
-                throw config_error_at(source, node, must_be_table(section));
-            }
-            ConfigSection s(*table, source, section);
-            try {
-                validate_provider_name(name);
-            } catch (const Error& e) {
-                throw s.error(e.what());
-            }
-            const std::string type = s.required_string("type");
-            cfg.providers.emplace(name, kms::create_provider(type, name, s));
-            s.finish();
+    for_each_named_section(root, "disk_types", source, [&cfg](const std::string& name, ConfigSection& s) {
+        parse_disk_type_section(s, name, cfg);
+    });
+    for_each_named_section(root, "providers", source, [&cfg](const std::string& name, ConfigSection& s) {
+        try {
+            validate_provider_name(name);
+        } catch (const Error& e) {
+            throw s.error(e.what());
         }
-    }
+        const std::string type = s.required_string("type");
+        cfg.providers.emplace(name, kms::create_provider(type, name, s));
+        s.finish();
+    });
     if (cfg.providers.empty()) {
         throw Error(Errc::config, source + ":1: no KMS provider is configured: add a [providers.NAME] section");
     }

@@ -21,6 +21,7 @@
 #include "agent/kms/provider.hpp"
 #include "agent/log.hpp"
 #include "agent/names.hpp"
+#include "agent/policy/source.hpp"
 
 namespace diskcrypt {
 
@@ -39,6 +40,8 @@ public:
     [[nodiscard]] std::optional<std::string> optional_string(std::string_view key);
     [[nodiscard]] std::string required_string(std::string_view key);
     [[nodiscard]] std::optional<bool> optional_bool(std::string_view key);
+    // An integer from 0 to max.
+    [[nodiscard]] std::optional<unsigned> optional_unsigned(std::string_view key, unsigned max);
     // An array of strings, each non-empty and without NUL bytes (the array may be empty).
     [[nodiscard]] std::optional<std::vector<std::string>> optional_string_list(std::string_view key);
     // An absolute path (starts with '/', no NUL, at most PATH_MAX).
@@ -67,15 +70,33 @@ struct AgentConfig {
     std::string socket_path = std::string(kDefaultSocketPath);
     std::optional<std::string> status_group;
     gid_t status_gid = 0;
-    std::optional<KeyRef> default_key;  // version empty
+    std::optional<KeyRef> default_key;       // version empty
+    std::optional<std::string> policy_path;  // [agent] policy: the access policy file
     LogLevel log_level = LogLevel::info;
     std::string lock_dir = "/run/diskcrypt/lock";  // per-disk lock files
     audit::Settings audit;                         // [audit]
+    // The profiles of the disk types the host overrides ([disk_types.TYPE]),
+    // each the built-in one with the host's changes.
+    std::map<std::string, DiskProfile, std::less<>> disk_profiles;
     std::map<std::string, std::unique_ptr<kms::Provider>, std::less<>> providers;
 
+    // Where the access policy comes from: set at start by open_policy();
+    // null (no [agent] policy) means the empty policy, which denies every
+    // check.
+    std::unique_ptr<policy::PolicySource> policy_source;
+
+    // The profile of an encryptable disk type; Error(usage) for a local or
+    // unknown type (the message lists the valid ones).
+    [[nodiscard]] const DiskProfile& profile(std::string_view type) const;
     // The configured provider, or nullptr.
     [[nodiscard]] kms::Provider* provider(std::string_view name) const;
+    // The access policy in force (after picking up a change of its file).
+    [[nodiscard]] std::shared_ptr<const policy::Policy> policy() const;
 };
+
+// The provider a key names; Error(usage) naming the configured ones if this
+// agent does not configure it.
+kms::Provider& require_provider(const AgentConfig& cfg, const KeyRef& key);
 
 // TOML text parsed, or Error(config) "SOURCE:LINE: what the parser says".
 toml::table parse_toml(std::string_view text, const std::string& source);
@@ -86,5 +107,12 @@ Error config_error_at(const std::string& source, const toml::node& node, const s
 AgentConfig parse_config(std::string_view text, const std::string& source);
 // Reads and parses a file.
 AgentConfig load_config(const std::string& path);
+
+// Reads the access policy file named by [agent] policy (Error(config) if it
+// cannot be read or parsed: the agent does not start on a broken policy) and
+// sets cfg.policy_source; each later load or refusal of the file is audited
+// (event "policy"). Without [agent] policy it logs that every format, attach
+// and verify will be denied.
+void open_policy(AgentConfig& cfg);
 
 }  // namespace diskcrypt

@@ -8,7 +8,7 @@ namespace diskcrypt {
 
 namespace {
 
-constexpr std::array<ErrcInfo, 17> kTable{{
+constexpr std::array<ErrcInfo, 18> kTable{{
     {Errc::internal, "internal", 1, "unexpected failure (a bug, or an unclassified system error)"},
     {Errc::usage, "usage", 2, "bad arguments"},
     {Errc::agent_unavailable, "agent-unavailable", 3, "the agent is not running or does not answer"},
@@ -26,6 +26,8 @@ constexpr std::array<ErrcInfo, 17> kTable{{
     {Errc::busy, "busy", 15, "the mapping is in use, or another operation on the disk is running"},
     {Errc::conflict, "conflict", 16, "disk id or device already used by another mapping"},
     {Errc::kernel, "kernel", 17, "device-mapper, the diskcrypt target or the kernel keyring refused"},
+    {Errc::access_denied, "access-denied", 18,
+     "the access policy denies a subject a permission on a KMS key or a service account"},
 }};
 
 }  // namespace

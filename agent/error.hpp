@@ -32,6 +32,7 @@ enum class Errc {
     busy,               // 15: mapping in use, or another operation on the disk is running
     conflict,           // 16: disk id or device already used by another mapping
     kernel,             // 17: device-mapper, the diskcrypt target or the keyring refused
+    access_denied,      // 18: the access policy denies a subject a permission on a key or service account
 };
 
 struct ErrcInfo {

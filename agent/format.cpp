@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "agent/access.hpp"
 #include "agent/associated_data.hpp"
 #include "agent/audit.hpp"
 #include "agent/disk_lock.hpp"
@@ -323,13 +324,12 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     // 1. Arguments.
     validate_disk_id(args.disk_id);
     const DiskType& type = encryptable_disk_type(args.type);
-    const unsigned sector_size = args.sector_size.value_or(type.sector_size);
+    const unsigned sector_size = args.sector_size.value_or(cfg.profile(type.name).sector_size);
     validate_sector_size(sector_size);
     const std::string lineage = args.lineage.value_or(args.disk_id);
     validate_disk_id(lineage, "lineage id");
-    if (args.service_account) {
-        validate_service_account(*args.service_account);
-    }
+    validate_service_account(args.service_account);
+    validate_user_account(args.user);
     KeyRef key;
     if (args.key) {
         key = parse_key_spec(*args.key);
@@ -339,15 +339,12 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
         throw Error(Errc::usage, "no key given and the agent has no default_key",
                     "pass --key PROVIDER:KEY_ID, or set default_key in the agent configuration");
     }
-    kms::Provider* provider = cfg.provider(key.provider);
-    if (provider == nullptr) {
-        std::string known;
-        for (const auto& [name, p] : cfg.providers) {
-            known += (known.empty() ? "" : ", ") + name;
-        }
-        throw Error(Errc::usage, "key " + key.spec() + " names provider '" + key.provider +
-                                     "', which this agent does not configure (configured: " + known + ")");
+    kms::Provider* provider = &require_provider(cfg, key);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = key;
     }
+    // The access checks, before the device is opened or the KMS asked.
+    const std::string policy_revision = authorize(cfg, format_checks(args.user, args.service_account, key));
 
     // One operation at a time on a disk, as attach, detach and verify.
     const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
@@ -456,6 +453,8 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     res.disk_type = std::string(type.name);
     res.lineage_id = lineage;
     res.service_account = args.service_account;
+    res.user = args.user;
+    res.policy_revision = policy_revision;
     res.key = key;
     res.provider_type = token.provider_type;
     res.sector_size = sector_size;
@@ -491,7 +490,9 @@ nlohmann::json to_json(const FormatResult& r)
         {"destroyed", r.destroyed},
         {"elapsed_ms", r.elapsed_ms},
     };
-    j["service_account"] = r.service_account ? nlohmann::json(*r.service_account) : nlohmann::json(nullptr);
+    j["service_account"] = r.service_account;
+    j["user"] = r.user;
+    j["policy_revision"] = r.policy_revision;
     return j;
 }
 

@@ -38,7 +38,9 @@ struct FormatResult {
     std::string disk_id;
     std::string disk_type;
     std::string lineage_id;
-    std::optional<std::string> service_account;
+    std::string service_account;
+    std::string user;             // who formatted it, as the control plane said
+    std::string policy_revision;  // the access policy the checks were made under
     std::string luks_uuid;
     KeyRef key;
     std::string provider_type;

@@ -39,14 +39,21 @@ int main(int argc, char** argv)
             cfg.socket_path = *args->socket;
         }
         if (args->check_config) {
+            std::string policy = "no access policy";
+            if (cfg.policy_path) {
+                // Read and parsed as at start; nothing is audited.
+                const policy::FilePolicySource source(*cfg.policy_path, {});
+                policy = "access policy " + *cfg.policy_path + " valid";
+            }
             std::cout << args->config << ": valid (" << cfg.providers.size() << " provider"
-                      << (cfg.providers.size() == 1 ? "" : "s") << ")\n";
+                      << (cfg.providers.size() == 1 ? "" : "s") << "; " << policy << ")\n";
             return 0;
         }
         if (geteuid() != 0) {
             log_warning("not running as root: devices and mlock may be refused");
         }
         audit::configure(cfg.audit);
+        open_policy(cfg);
         Server server(cfg, cfg.socket_path);
         return server.run();
     } catch (const Error& e) {

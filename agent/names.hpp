@@ -3,6 +3,7 @@
 // checks that count). Every failure is Error(usage) naming the value and rule.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -14,20 +15,44 @@ namespace diskcrypt {
 void validate_disk_id(std::string_view id, std::string_view what = "disk id");
 
 // Service accounts: [A-Za-z0-9._@-]{1,128}.
-void validate_service_account(std::string_view sa);
+void validate_service_account(std::string_view sa, std::string_view what = "service account");
+// User accounts (the acting user of format): the same rule.
+void validate_user_account(std::string_view user);
 
-// A disk type's profile. Discards policy: `discards` says whether an attach
-// may pass discards down to the storage, and only when the caller asks for
-// them (attach --allow-discards); the header's persistent flag never counts.
-// Discards tell the storage which blocks the guest does not use (its
-// free-space map), so they are allowed only for the SSD types, whose storage
-// reclaims the space; HDD disks and local disks never get them.
+// A disk type's profile (agent/README.md, "Disk types"), applied at format
+// (the sector size) and at attach (the table's options). Each field may be
+// overridden per type by the host ([disk_types.TYPE] in the configuration).
+//
+// Discards policy: `discards` says whether an attach may pass discards down
+// to the storage, and only when the caller asks for them (attach
+// --allow-discards); the header's persistent flag never counts. Discards
+// tell the storage which blocks the guest does not use (its free-space map),
+// so they are allowed only for the SSD types, whose storage reclaims the
+// space; HDD disks and local disks never get them.
+//
+// zero_unwritten: cloud disks are thin-provisioned and a new one reads
+// zeros, which decrypt to noise; with it the target presents an all-zero
+// ciphertext sector as zeros, so a never-written (or discarded) block reads
+// as the guest expects. The storage learns nothing it did not know (which
+// blocks were never written).
+struct DiskProfile {
+    unsigned sector_size = 512;            // LUKS2 encryption sector size format uses
+    bool discards = false;                 // attach --allow-discards permitted
+    bool zero_unwritten = true;            // table option zero_unwritten
+    bool read_workqueue = false;           // table option: decrypt in the workqueue, never inline
+    bool write_workqueue = false;          // table option: encrypt in the workqueue, never inline
+    std::optional<unsigned> inline_depth;  // table option inline_depth:N (0-65536); the target's 1 if unset
+
+    friend bool operator==(const DiskProfile&, const DiskProfile&) = default;
+};
+
+inline constexpr unsigned kMaxInlineDepth = 65536;
+
 struct DiskType {
     std::string_view name;
-    unsigned sector_size;  // default LUKS2 encryption sector size for the type
     bool encryptable;
-    std::string_view profile;
-    bool discards;  // attach --allow-discards permitted
+    std::string_view description;
+    DiskProfile profile;  // the built-in defaults
 };
 
 // The known disk types, encryptable and local ones.

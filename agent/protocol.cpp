@@ -33,6 +33,8 @@ const std::vector<OpSpec>& ops()
         {"attach",
          {{"device", ArgType::string, true},
           {"disk_id", ArgType::string, true},
+          {"type", ArgType::string, true},
+          {"key", ArgType::string, true},
           {"service_account", ArgType::string, true},
           {"allow_discards", ArgType::boolean, false}}},
         {"detach", {{"disk_id", ArgType::string, true}, {"force", ArgType::boolean, false}}},
@@ -41,11 +43,17 @@ const std::vector<OpSpec>& ops()
           {"disk_id", ArgType::string, true},
           {"type", ArgType::string, true},
           {"key", ArgType::string, false},
-          {"service_account", ArgType::string, false},
+          {"service_account", ArgType::string, true},
+          {"user", ArgType::string, true},
           {"lineage", ArgType::string, false},
           {"sector_size", ArgType::uint, false},
           {"force", ArgType::boolean, false}}},
-        {"verify", {{"device", ArgType::string, true}, {"disk_id", ArgType::string, true}}},
+        {"verify",
+         {{"device", ArgType::string, true},
+          {"disk_id", ArgType::string, true},
+          {"type", ArgType::string, false},
+          {"key", ArgType::string, true},
+          {"service_account", ArgType::string, true}}},
     };
     return kOps;
 }
@@ -263,7 +271,8 @@ FormatArgs format_args(const json& args)
     a.disk_id = args.at("disk_id").get<std::string>();
     a.type = args.at("type").get<std::string>();
     a.key = opt<std::string>(args, "key");
-    a.service_account = opt<std::string>(args, "service_account");
+    a.service_account = args.at("service_account").get<std::string>();
+    a.user = args.at("user").get<std::string>();
     a.lineage = opt<std::string>(args, "lineage");
     if (const auto ss = opt<unsigned long long>(args, "sector_size")) {
         if (*ss > 65536) {
@@ -277,12 +286,10 @@ FormatArgs format_args(const json& args)
 
 json to_json(const FormatArgs& a)
 {
-    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"type", a.type}, {"force", a.force}};
+    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"type", a.type}, {"service_account", a.service_account},
+              {"user", a.user},     {"force", a.force}};
     if (a.key) {
         j["key"] = *a.key;
-    }
-    if (a.service_account) {
-        j["service_account"] = *a.service_account;
     }
     if (a.lineage) {
         j["lineage"] = *a.lineage;
@@ -295,20 +302,37 @@ json to_json(const FormatArgs& a)
 
 VerifyArgs verify_args(const json& args)
 {
-    return VerifyArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>()};
+    return VerifyArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>(),
+                      opt<std::string>(args, "type"), args.at("key").get<std::string>(),
+                      args.at("service_account").get<std::string>()};
 }
 
-json to_json(const VerifyArgs& a) { return json{{"device", a.device}, {"disk_id", a.disk_id}}; }
+json to_json(const VerifyArgs& a)
+{
+    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"key", a.key}, {"service_account", a.service_account}};
+    if (a.type) {
+        j["type"] = *a.type;
+    }
+    return j;
+}
 
 AttachArgs attach_args(const json& args)
 {
-    return AttachArgs{args.at("device").get<std::string>(), args.at("disk_id").get<std::string>(),
-                      args.at("service_account").get<std::string>(), opt<bool>(args, "allow_discards").value_or(false)};
+    return AttachArgs{args.at("device").get<std::string>(),
+                      args.at("disk_id").get<std::string>(),
+                      args.at("type").get<std::string>(),
+                      args.at("key").get<std::string>(),
+                      args.at("service_account").get<std::string>(),
+                      opt<bool>(args, "allow_discards").value_or(false)};
 }
 
 json to_json(const AttachArgs& a)
 {
-    json j = {{"device", a.device}, {"disk_id", a.disk_id}, {"service_account", a.service_account}};
+    json j = {{"device", a.device},
+              {"disk_id", a.disk_id},
+              {"type", a.type},
+              {"key", a.key},
+              {"service_account", a.service_account}};
     if (a.allow_discards) {
         j["allow_discards"] = true;
     }

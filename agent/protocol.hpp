@@ -65,8 +65,9 @@ struct FormatArgs {
     std::string device;  // absolute path
     std::string disk_id;
     std::string type;
-    std::optional<std::string> key;  // PROVIDER:KEY_ID; the configured default_key if absent
-    std::optional<std::string> service_account;
+    std::optional<std::string> key;       // PROVIDER:KEY_ID; the configured default_key if absent
+    std::string service_account;          // the disk's: it will need decrypt on the key to attach
+    std::string user;                     // the acting user the control plane asserts
     std::optional<std::string> lineage;   // defaults to disk_id
     std::optional<unsigned> sector_size;  // defaults to the type's
     bool force = false;
@@ -74,21 +75,28 @@ struct FormatArgs {
 FormatArgs format_args(const nlohmann::json& args);
 nlohmann::json to_json(const FormatArgs& a);
 
-// Arguments of "verify".
+// Arguments of "verify": attach's claims, the disk type optional (checked
+// against the header when given).
 struct VerifyArgs {
     std::string device;
     std::string disk_id;
+    std::optional<std::string> type;  // the disk type the control plane records
+    std::string key;                  // PROVIDER:KEY_ID the control plane records for the disk
+    std::string service_account;      // the disk's
 };
 VerifyArgs verify_args(const nlohmann::json& args);
 nlohmann::json to_json(const VerifyArgs& a);
 
-// Arguments of "attach": the caller (the control plane) names the disk and
-// the service account; neither is taken from the header. Discards are the
+// Arguments of "attach": the caller (the control plane) names the disk, its
+// type, its key and its service account; none is taken from the header (the
+// header must agree on the disk id, the type and the key). Discards are the
 // caller's request (allowed only where the disk type's profile permits them),
 // never the header's.
 struct AttachArgs {
     std::string device;  // absolute path of a block device
     std::string disk_id;
+    std::string type;
+    std::string key;  // PROVIDER:KEY_ID
     std::string service_account;
     bool allow_discards = false;
 };

@@ -61,6 +61,16 @@ json attached_count()
     }
 }
 
+// The access policy in force, for status: where it comes from, its revision
+// and its size.
+json policy_status(const AgentConfig& cfg)
+{
+    const auto p = cfg.policy();
+    return json{{"source", cfg.policy_source ? json(cfg.policy_source->describe()) : json(nullptr)},
+                {"revision", p->revision()},
+                {"bindings", p->binding_count()}};
+}
+
 json status(const AgentConfig& cfg, const ServerState& state)
 {
     json providers = json::array();
@@ -79,6 +89,7 @@ json status(const AgentConfig& cfg, const ServerState& state)
         {"socket", cfg.socket_path},
         {"status_group", state.status_group ? json(state.status_group->name) : json(nullptr)},
         {"default_key", cfg.default_key ? json(cfg.default_key->spec()) : json(nullptr)},
+        {"policy", policy_status(cfg)},
         {"providers", providers},
         {"device_mapper", dm::available()},
         {"attached", attached_count()},
@@ -88,7 +99,7 @@ json status(const AgentConfig& cfg, const ServerState& state)
 std::string describe_args(const proto::Request& r)
 {
     std::string out;
-    for (const char* key : {"device", "disk_id", "type", "key", "service_account", "after"}) {
+    for (const char* key : {"device", "disk_id", "type", "key", "service_account", "user", "after"}) {
         if (const auto it = r.args.find(key); it != r.args.end() && it->is_string()) {
             // Peer text, quoted and made printable.
             out += std::string(" ") + key + "=\"" + printable(it->get<std::string>()) + "\"";
@@ -128,6 +139,15 @@ std::string mode_text(mode_t mode)
 }
 
 // One summary audit event and log line for the refusals of a connection.
+audit::Context caller_context(const Peer& peer, const std::string& op)
+{
+    audit::Context c;
+    c.op = op;
+    c.uid = peer.uid;
+    c.pid = peer.pid;
+    return c;
+}
+
 void report_refusals(const Peer& peer, const std::string& first_op, Errc code, std::size_t count,
                      const std::string& first_message)
 {
@@ -140,8 +160,8 @@ void report_refusals(const Peer& peer, const std::string& first_op, Errc code, s
     log_warning("request " + first_op + " from " + peer_text(peer) + " refused (" + std::string(errc_name(code)) +
                 "): " + what);
     audit::emit(audit::Event{first_op == "?" ? "request" : first_op, "refused",
-                             audit::Context{first_op == "?" ? "" : first_op, peer.uid, peer.pid, {}, {}, {}, {}, {}},
-                             std::string(errc_name(code)), what});
+                             caller_context(peer, first_op == "?" ? "" : first_op), std::string(errc_name(code)),
+                             what});
 }
 
 // The refusals of one connection, by reason.
@@ -259,7 +279,7 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
 {
     Handled out;
     out.op = "?";
-    audit::Scope scope(audit::Context{"", peer.uid, peer.pid, {}, {}, {}, {}, {}});
+    audit::Scope scope(caller_context(peer, ""));
     audit::Context& ctx = scope.context();
     bool audited = false;  // whether an outcome of this op is an audit event
     try {
@@ -268,7 +288,7 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
         ctx.op = r.op;
         for (const auto& [field, target] :
              {std::pair{"disk_id", &ctx.disk_id}, std::pair{"service_account", &ctx.service_account},
-              std::pair{"device", &ctx.device}}) {
+              std::pair{"device", &ctx.device}, std::pair{"user", &ctx.user}}) {
             if (const auto it = r.args.find(field); it != r.args.end() && it->is_string()) {
                 *target = printable(it->get<std::string>());
             }
@@ -384,6 +404,7 @@ Server::Server(const AgentConfig& cfg, std::string socket_path)
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) {
         throw Error(Errc::internal, errno_text("sigprocmask", errno));
     }
@@ -487,6 +508,20 @@ Server::~Server()
     }
 }
 
+void Server::reload_policy()
+{
+    if (!cfg_.policy_source) {
+        log_info("SIGHUP: no access policy is configured ([agent] policy), nothing to reload");
+        return;
+    }
+    log_info("SIGHUP: reloading the access policy (" + cfg_.policy_source->describe() + ")");
+    try {
+        cfg_.policy_source->reload();  // a load or a refusal is audited by the source's observer
+    } catch (const std::exception& e) {
+        log_error("reloading the access policy: " + printable(e.what()));
+    }
+}
+
 int Server::run()
 {
     (void)sd_notify(0, "READY=1\nSTATUS=serving");
@@ -504,6 +539,10 @@ int Server::run()
         if ((fds[1].revents & POLLIN) != 0) {
             signalfd_siginfo si{};
             [[maybe_unused]] const ssize_t got = read(signal_fd_.get(), &si, sizeof(si));
+            if (si.ssi_signo == SIGHUP) {
+                reload_policy();
+                continue;
+            }
             log_info("signal " + std::to_string(si.ssi_signo) + " received, stopping");
             break;
         }

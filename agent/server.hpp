@@ -131,7 +131,8 @@ public:
     Server& operator=(Server&&) = delete;
     ~Server();
 
-    // Serves until SIGTERM or SIGINT. Returns the process exit status.
+    // Serves until SIGTERM or SIGINT; SIGHUP re-reads the access policy.
+    // Returns the process exit status.
     int run();
 
     // A test seam: how the thread of a connection is started (std::thread by
@@ -140,6 +141,7 @@ public:
     void set_thread_starter(ThreadStarter starter) { start_thread_ = std::move(starter); }
 
 private:
+    void reload_policy();
     struct Connection {
         uid_t uid = 0;
         bool in_request = false;  // a request is being handled

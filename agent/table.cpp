@@ -126,6 +126,18 @@ std::string CryptTable::params() const
     if (allow_discards) {
         opts.emplace_back("allow_discards");
     }
+    if (zero_unwritten) {
+        opts.emplace_back("zero_unwritten");
+    }
+    if (read_workqueue) {
+        opts.emplace_back("read_workqueue");
+    }
+    if (write_workqueue) {
+        opts.emplace_back("write_workqueue");
+    }
+    if (inline_depth) {
+        opts.push_back("inline_depth:" + std::to_string(*inline_depth));
+    }
     if (!opts.empty()) {
         s << ' ' << opts.size();
         for (const auto& o : opts) {
@@ -182,6 +194,14 @@ CryptTable table_from_header(const DiskHeader& header, unsigned major, unsigned 
     return t;
 }
 
+void apply_profile(CryptTable& table, const DiskProfile& profile)
+{
+    table.zero_unwritten = profile.zero_unwritten;
+    table.read_workqueue = profile.read_workqueue;
+    table.write_workqueue = profile.write_workqueue;
+    table.inline_depth = profile.inline_depth;
+}
+
 std::optional<CryptTable> parse_table_params(std::uint64_t length, std::string_view params)
 {
     const auto w = split_words(params);
@@ -222,6 +242,18 @@ std::optional<CryptTable> parse_table_params(std::uint64_t length, std::string_v
             t.iv_large_sectors = true;
         } else if (o == "allow_discards") {
             t.allow_discards = true;
+        } else if (o == "zero_unwritten") {
+            t.zero_unwritten = true;
+        } else if (o == "read_workqueue") {
+            t.read_workqueue = true;
+        } else if (o == "write_workqueue") {
+            t.write_workqueue = true;
+        } else if (o.starts_with("inline_depth:")) {
+            unsigned depth = 0;
+            if (!parse_number(o.substr(13), depth)) {
+                return std::nullopt;
+            }
+            t.inline_depth = depth;
         }
         // Other options (set by hand with dmsetup) are kept out of the view.
     }

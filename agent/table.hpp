@@ -6,7 +6,8 @@
 //   name   diskcrypt-<disk-id>
 //   uuid   DISKCRYPT-<disk-id>
 //   table  0 <len> diskcrypt aes-xts-plain64 :64:logon:diskcrypt:<luks-uuid>:<random>
-//          <iv_offset> <major>:<minor> <dev_offset> [<n> sector_size:<s> iv_large_sectors allow_discards]
+//          <iv_offset> <major>:<minor> <dev_offset> [<n> sector_size:<s> iv_large_sectors allow_discards
+//          zero_unwritten read_workqueue write_workqueue inline_depth:<d>]
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,10 @@ struct CryptTable {
     unsigned sector_size = 512;
     bool iv_large_sectors = false;
     bool allow_discards = false;
+    bool zero_unwritten = false;
+    bool read_workqueue = false;
+    bool write_workqueue = false;
+    std::optional<unsigned> inline_depth;
 
     // The target's parameters (everything after "diskcrypt").
     [[nodiscard]] std::string params() const;
@@ -64,6 +69,10 @@ struct CryptTable {
 // by the disk type's profile); the header's persistent flag is ignored.
 CryptTable table_from_header(const DiskHeader& header, unsigned major, unsigned minor, std::uint64_t device_bytes,
                              std::string key_description, bool allow_discards = false);
+
+// Sets the table options a disk type's profile chooses (zero_unwritten and
+// the queueing options; discards are the attach's decision).
+void apply_profile(CryptTable& table, const DiskProfile& profile);
 
 // Parses the parameters `dmsetup table` shows for one of our mappings;
 // nothing if they do not have the shape params() writes.

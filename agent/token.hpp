@@ -32,7 +32,7 @@ struct Token {
     std::string disk_id;         // checked against the caller's disk id (clear message); never used for the AD
     std::string disk_type;       // informational
     std::string lineage_id;      // informational (audit)
-    std::optional<std::string> service_account;  // informational: the creator's, never used for access
+    std::optional<std::string> service_account;  // informational: the disk's at format; attach takes the caller's
     std::string created;                         // informational, RFC 3339 UTC
 };
 

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 
+#include "agent/access.hpp"
 #include "agent/associated_data.hpp"
 #include "agent/audit.hpp"
 #include "agent/error.hpp"
@@ -111,6 +112,38 @@ void recheck_device(const OpenedDevice& dev)
     }
 }
 
+DiskClaim make_claim(const AgentConfig& cfg, const std::string& disk_id, const std::optional<std::string>& disk_type,
+                     const std::string& key)
+{
+    validate_disk_id(disk_id);
+    DiskClaim c{disk_id, disk_type ? std::string(encryptable_disk_type(*disk_type).name) : "", parse_key_spec(key)};
+    require_provider(cfg, c.key);
+    return c;
+}
+
+void check_claim(const DiskHeader& header, const DiskClaim& claim)
+{
+    const Token& t = header.token;
+    if (t.disk_id != claim.disk_id) {
+        throw Error(Errc::binding,
+                    "device " + header.device + ": this header belongs to disk " + t.disk_id + ", not " + claim.disk_id,
+                    "check that the device path and the disk id refer to the same disk");
+    }
+    if (t.key.provider != claim.key.provider || t.key.key_id != claim.key.key_id) {
+        throw Error(Errc::binding,
+                    "device " + header.device + ": the header of disk " + claim.disk_id + " is wrapped under key " +
+                        t.key.spec() + ", not under the disk's key " + claim.key.spec() + "; the KMS was not asked",
+                    "the control plane's record of the disk names its key; a header under another key (an older "
+                    "copy written back by the storage, or another disk's) is never opened");
+    }
+    if (!claim.disk_type.empty() && t.disk_type != claim.disk_type) {
+        throw Error(Errc::binding,
+                    "device " + header.device + ": the header of disk " + claim.disk_id + " binds disk type " +
+                        t.disk_type + ", not " + claim.disk_type + "; the KMS was not asked",
+                    "a disk's type is fixed when it is formatted; check the control plane's record of the disk");
+    }
+}
+
 SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, const std::string& disk_id)
 {
     validate_disk_id(disk_id);
@@ -178,15 +211,21 @@ SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, con
 
 VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args)
 {
-    validate_disk_id(args.disk_id);
+    const DiskClaim claim = make_claim(cfg, args.disk_id, args.type, args.key);
+    validate_service_account(args.service_account);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = claim.key;
+    }
+    const std::string policy_revision = authorize(cfg, unwrap_checks(args.service_account, claim.key));
     // Opened once: libcryptsetup reads the file checked here.
     const OpenedDevice dev = open_device_once(args.device, true);
     const CryptDevice cd = open_luks2(dev.fd_path, args.device);
-    VerifyResult r{read_header(cd.get(), args.device)};
+    VerifyResult r{read_header(cd.get(), args.device), args.service_account, policy_revision};
     if (audit::Context* ctx = audit::current()) {
         ctx->key = r.header.token.key;
         ctx->luks_uuid = r.header.luks_uuid;
     }
+    check_claim(r.header, claim);
     const SecureBuffer secret = unwrap_secret(cfg, r.header, args.disk_id);
     const int rc =
         crypt_activate_by_passphrase(cd.get(), nullptr, r.header.token.keyslot, secret.chars(), secret.size(), 0);
@@ -221,7 +260,11 @@ nlohmann::json to_json(const VerifyResult& r)
         {"token_id", h.token_id},
         {"created", h.token.created},
     };
-    j["service_account"] = h.token.service_account ? nlohmann::json(*h.token.service_account) : nlohmann::json(nullptr);
+    j["service_account"] = r.service_account;
+    // What format recorded (informational: the header is not trusted).
+    j["recorded_service_account"] =
+        h.token.service_account ? nlohmann::json(*h.token.service_account) : nlohmann::json(nullptr);
+    j["policy_revision"] = r.policy_revision;
     return j;
 }
 

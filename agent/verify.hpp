@@ -39,6 +39,26 @@ OpenedDevice open_device_once(const std::string& path, bool allow_regular);
 // a block device with that number (Error(device) otherwise).
 void recheck_device(const OpenedDevice& dev);
 
+// What the control plane says about a disk (attach and verify take it from
+// the caller, never from the header): its id, its type and its KMS key.
+struct DiskClaim {
+    std::string disk_id;
+    std::string disk_type;
+    KeyRef key;  // version empty: the header's version of this key is used
+};
+
+// The claim's values, validated (Error(usage): invalid disk id, unknown or
+// local disk type, bad PROVIDER:KEY_ID, provider not configured). Without a
+// disk type (verify may leave it out) the claim's is empty and not checked.
+DiskClaim make_claim(const AgentConfig& cfg, const std::string& disk_id, const std::optional<std::string>& disk_type,
+                     const std::string& key);
+
+// Error(binding) unless the header agrees with the claim: the same disk id,
+// the same disk type, and wrapped under the same key (provider and key id),
+// so that a header written back under a retired key, or another disk's, is
+// refused before the KMS is asked.
+void check_claim(const DiskHeader& header, const DiskClaim& claim);
+
 // Unwraps a header's secret for the disk the caller names. Checks first that
 // the header belongs to `disk_id` (Error(binding): "this header belongs to
 // disk X, not Y"), that its provider is configured with the same type
@@ -49,8 +69,12 @@ SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, con
 
 struct VerifyResult {
     DiskHeader header;
+    std::string service_account;  // the caller's, which holds decrypt on the key
+    std::string policy_revision;  // the access policy the check was made under
 };
 
+// verify: the access check (the service account needs kms.keys.decrypt on
+// the claimed key), the claim against the header, then the unwrap.
 VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args);
 nlohmann::json to_json(const VerifyResult& r);
 

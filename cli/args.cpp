@@ -41,23 +41,31 @@ void validate(Arguments& a)
         f.device = absolute(f.device);
         validate_disk_id(f.disk_id);
         const DiskType& type = encryptable_disk_type(f.type);
-        validate_sector_size(f.sector_size.value_or(type.sector_size));
+        validate_sector_size(f.sector_size.value_or(type.profile.sector_size));
         if (f.key) {
             (void)parse_key_spec(*f.key);
         }
-        if (f.service_account) {
-            validate_service_account(*f.service_account);
-        }
+        validate_service_account(f.service_account);
+        validate_user_account(f.user);
         if (f.lineage) {
             validate_disk_id(*f.lineage, "lineage id");
         }
     } else if (a.command == Command::verify) {
-        a.verify.device = absolute(a.verify.device);
-        validate_disk_id(a.verify.disk_id);
+        auto& v = a.verify;
+        v.device = absolute(v.device);
+        validate_disk_id(v.disk_id);
+        if (v.type) {
+            (void)encryptable_disk_type(*v.type);
+        }
+        (void)parse_key_spec(v.key);
+        validate_service_account(v.service_account);
     } else if (a.command == Command::attach) {
-        a.attach.device = absolute(a.attach.device);
-        validate_disk_id(a.attach.disk_id);
-        validate_service_account(a.attach.service_account);
+        auto& t = a.attach;
+        t.device = absolute(t.device);
+        validate_disk_id(t.disk_id);
+        (void)encryptable_disk_type(t.type);
+        (void)parse_key_spec(t.key);
+        validate_service_account(t.service_account);
     } else if (a.command == Command::detach) {
         validate_disk_id(a.detach.disk_id);
     } else if (a.command == Command::status && a.status.disk_id) {
@@ -88,8 +96,16 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
                      "disk type: network-hdd, network-ssd, network-ssd-nonreplicated, network-ssd-io-m3")
         ->required();
     format->add_option("--key", a.format.key, "KMS key as PROVIDER:KEY_ID (default: the agent's default_key)");
-    format->add_option("--service-account", a.format.service_account,
-                       "service account creating the disk (recorded in the header)");
+    format
+        ->add_option("--service-account", a.format.service_account,
+                     "the disk's service account: it must hold kms.keys.encrypt on the key, and "
+                     "kms.keys.decrypt to attach the disk later")
+        ->required();
+    format
+        ->add_option("--user", a.format.user,
+                     "the user creating the disk (the control plane asserts it): needs iam.serviceAccounts.use on "
+                     "the service account and kms.keys.get on the key")
+        ->required();
     format->add_option("--lineage", a.format.lineage, "id of the volume this disk descends from (default: itself)");
     auto* ss = format->add_option("--sector-size", sector_size, "encryption sector size (default: by disk type)");
     format->add_flag("--force", a.format.force, "overwrite a device that holds a LUKS header or a filesystem");
@@ -97,6 +113,13 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     auto* verify = app.add_subcommand("verify", "check that this host can unwrap DEVICE's key for DISK-ID");
     verify->add_option("device", a.verify.device, "block device or regular file")->required();
     verify->add_option("--disk-id", a.verify.disk_id, "the disk id the caller expects")->required();
+    verify->add_option("--type", a.verify.type, "the disk's type (checked against the header when given)");
+    verify->add_option("--key", a.verify.key, "the disk's KMS key, PROVIDER:KEY_ID (checked against the header)")
+        ->required();
+    verify
+        ->add_option("--service-account", a.verify.service_account,
+                     "the disk's service account: it must hold kms.keys.decrypt on the key")
+        ->required();
 
     auto* attach = app.add_subcommand(
         "attach", "open DEVICE for disk DISK-ID through the kernel target; prints /dev/mapper/diskcrypt-DISK-ID");
@@ -104,8 +127,18 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     attach->add_option("--disk-id", a.attach.disk_id, "the control plane's disk id (checked against the header)")
         ->required();
     attach
+        ->add_option("--type", a.attach.type,
+                     "the disk's type, as the control plane records it (must equal the header's)")
+        ->required();
+    attach
+        ->add_option("--key", a.attach.key,
+                     "the disk's KMS key as the control plane records it, PROVIDER:KEY_ID; a header wrapped under "
+                     "another key is refused before the KMS is asked")
+        ->required();
+    attach
         ->add_option("--service-account", a.attach.service_account,
-                     "the service account of the VM the disk is for ([A-Za-z0-9._@-]{1,128}); audited")
+                     "the disk's service account ([A-Za-z0-9._@-]{1,128}): it must hold kms.keys.decrypt on the "
+                     "key; audited")
         ->required();
     attach->add_flag("--allow-discards", a.attach.allow_discards,
                      "pass discards (TRIM) to the storage, which learns the guest's free-space map; only for disk "

@@ -190,6 +190,8 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
                 << str(r, "type") << ")\n";
             row(out, "LUKS2 UUID", str(r, "luks_uuid"));
             row(out, "key", key_text(r));
+            row(out, "service account", str(r, "service_account") + " (for user " + str(r, "user") + ")");
+            row(out, "access policy", str(r, "policy_revision"));
             row(out, "cipher", str(r, "cipher") + ", " + str(r, "volume_key_bits") + "-bit volume key");
             row(out, "sector size", str(r, "sector_size") + " bytes");
             row(out, "device size", bytes_text(num(r, "device_size")));
@@ -207,6 +209,8 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             row(out, "LUKS2 UUID", str(r, "luks_uuid"));
             row(out, "key", key_text(r));
             row(out, "keyslot", str(r, "keyslot") + " (" + str(r, "volume_key_bits") + "-bit volume key)");
+            row(out, "service account", str(r, "service_account"));
+            row(out, "access policy", str(r, "policy_revision"));
             row(out, "sector size", str(r, "sector_size") + " bytes");
             row(out, "data offset", bytes_text(num(r, "data_offset")));
             break;
@@ -216,6 +220,7 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
                 str(r, "disk_id") + (flag(r, "already_attached") ? ": already attached from this device, unchanged"
                                                                  : ": attached in " + str(r, "elapsed_ms") + " ms"));
             row(out, "service account", str(r, "service_account"));
+            row(out, "access policy", str(r, "policy_revision"));
             disk_rows(out, r);
             break;
         case Command::detach:
@@ -255,6 +260,13 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             row(out, "dumpable", str(r, "dumpable"));
             row(out, "config", str(r, "config"));
             row(out, "default key", str(r, "default_key"));
+            if (const auto p = r.find("policy"); p != r.end() && p->is_object()) {
+                row(out, "access policy",
+                    p->contains("source") && p->at("source").is_string()
+                        ? str(*p, "source") + ", revision " + str(*p, "revision") + ", " + str(*p, "bindings") +
+                              " bindings"
+                        : "none: every format, attach and verify is denied");
+            }
             row(out, "attached disks",
                 r.contains("attached") && !r.at("attached").is_null() ? str(r, "attached")
                                                                       : "- (device-mapper not available)");

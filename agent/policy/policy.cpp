@@ -22,21 +22,6 @@ constexpr std::string_view kGroupPrefix = "group:";
 constexpr std::string_view kKeyPrefix = "key:";
 constexpr std::string_view kFolderPrefix = "folder:";
 
-// User accounts follow the service accounts' rule: [A-Za-z0-9._@-]{1,128}.
-void validate_user_account(std::string_view id)
-{
-    try {
-        validate_service_account(id);
-    } catch (const Error& e) {
-        std::string msg = e.what();
-        const std::string_view from = "service account";
-        if (const auto at = msg.find(from); at != std::string::npos) {
-            msg.replace(at, from.size(), "user account");
-        }
-        throw Error(Errc::usage, msg);
-    }
-}
-
 void validate_group_id(std::string_view id) { validate_disk_id(id, "group id"); }
 void validate_folder_id(std::string_view id) { validate_disk_id(id, "folder id"); }
 

@@ -1,8 +1,13 @@
 # shellcheck shell=sh
 # Guest-side helpers of the attach suite (sourced after the harness's lib.sh).
 # Everything the tests make lives on tmpfs under $W: the SoftHSM2 token, its
-# PIN, the agent's configuration, log and audit file, every CLI output.
-# Disks: /dev/vda and /dev/vdb (64 MiB each) carry disk-a and disk-b.
+# PIN, the agent's configuration and access policy, log and audit file,
+# every CLI output.
+# Disks: /dev/vda and /dev/vdb (64 MiB each) carry disk-a (network-ssd) and
+# disk-b (network-ssd-io-m3), both under the key hsm:$KEY_ID.
+# The access policy ($POLICY, standard_policy): $SA may wrap and unwrap with
+# hsm:$KEY_ID and hsm:$KEY2_ID; the provisioning user $USER_ID acts as $SA
+# and sees both keys. Nobody else holds anything.
 
 # shellcheck source=../vm/guest/lib.sh
 . "${DCTEST_LIB:-/lib/dctest/lib.sh}"
@@ -17,7 +22,14 @@ OUT=$W/outputs
 MODULE=/usr/lib/softhsm/libsofthsm2.so
 PIN=4711-user-pin
 KEY_ID=disk-key-01
+KEY=hsm:$KEY_ID
+# The second key: errors.sh formats a disk under it (then deletes it from the
+# token); access.sh names it as a wrong --key.
+KEY2_ID=disk-key-02
 SA=sa-vm-1234
+# The user who formats disks (format --user); not $USER, which the shell owns.
+USER_ID=provisioner
+POLICY=$W/policy.toml
 export SOFTHSM2_CONF=$HSM/softhsm2.conf
 mkdir -p "$W" "$OUT"
 
@@ -41,13 +53,40 @@ hsm_setup() {
 	write_config "$CFG" "$MODULE" diskcrypt
 }
 
-# write_config FILE MODULE TOKEN_LABEL [SOCKET]
+# policy_binding SUBJECT ROLE RESOURCE: one [[bindings]] table, on stdout.
+policy_binding() {
+	printf '[[bindings]]\nsubject = "%s"\nrole = "%s"\nresource = "%s"\n\n' "$1" "$2" "$3"
+}
+
+# standard_policy: the access policy every test runs under, on stdout.
+standard_policy() {
+	printf '# diskcrypt attach suite: the standard access policy (tests/attach/common.sh).\n\n'
+	for _k in "$KEY_ID" "$KEY2_ID"; do
+		policy_binding "serviceAccount:$SA" kms.keys.encrypterDecrypter "key:hsm:$_k"
+		policy_binding "userAccount:$USER_ID" kms.viewer "key:hsm:$_k"
+	done
+	policy_binding "userAccount:$USER_ID" iam.serviceAccounts.user "serviceAccount:$SA"
+}
+
+# install_policy: stdin becomes $POLICY (0644, root's), written beside it and
+# renamed over it: a new inode, which the agent reads at its next decision.
+install_policy() {
+	(umask 022 && cat >"$POLICY.new") && mv -f "$POLICY.new" "$POLICY"
+}
+
+# write_config FILE MODULE TOKEN_LABEL [SOCKET]: every agent configuration
+# names $POLICY (written with standard_policy unless it exists: an agent does
+# not start without its policy file).
 write_config() {
+	if [ ! -f "$POLICY" ]; then
+		standard_policy | install_policy || return 1
+	fi
 	cat >"$1" <<EOC
 [agent]
 socket = "${4:-$SOCK}"
-default_key = "hsm:$KEY_ID"
+default_key = "$KEY"
 log_level = "debug"
+policy = "$POLICY"
 
 [audit]
 file = "$AUDIT"
@@ -125,11 +164,12 @@ json_field() {
 	tr -d '\n' <"$DC_OUT" | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\)\"\{0,1\}[,}].*/\1/p" | head -n 1
 }
 
-# format_disk DEVICE ID TYPE [ARGS...]
+# format_disk DEVICE ID TYPE [ARGS...]: format as $USER_ID, for $SA, under the
+# agent's default key unless ARGS has --key.
 format_disk() {
 	_d=$1 _id=$2 _t=$3
 	shift 3
-	dc format "$_d" --disk-id "$_id" --type "$_t" --service-account "$SA" --force "$@"
+	dc format "$_d" --disk-id "$_id" --type "$_t" --service-account "$SA" --user "$USER_ID" --force "$@"
 }
 
 # mapped ID: the mapping's path exists and is a block device.
@@ -139,9 +179,15 @@ mapped() { [ -b "/dev/mapper/diskcrypt-$1" ]; }
 secret_of() { diskcrypt-test-unwrap --config "$CFG" "$1" "$2"; }
 
 # audit_has TEXT...: some line of the audit file holds every TEXT.
-audit_has() {
-	_f=$AUDIT
-	cp "$_f" /tmp/audit.sel
+audit_has() { audit_has_since 0 "$@"; }
+
+# audit_lines: the number of lines in the audit file (a mark for audit_has_since).
+audit_lines() { wc -l <"$AUDIT" | tr -d ' '; }
+
+# audit_has_since N TEXT...: some line after line N of the audit file holds every TEXT.
+audit_has_since() {
+	tail -n "+$(($1 + 1))" "$AUDIT" >/tmp/audit.sel
+	shift
 	for _t in "$@"; do
 		grep -F -- "$_t" /tmp/audit.sel >/tmp/audit.sel2
 		mv /tmp/audit.sel2 /tmp/audit.sel
@@ -159,8 +205,20 @@ setup_disks() {
 	if ! cryptsetup isLuks /dev/vdb; then format_disk /dev/vdb disk-b network-ssd-io-m3 || return 1; fi
 }
 
-# attach_ok ID DEVICE: attach quietly.
-attach_ok() { dc attach "$2" --disk-id "$1" --service-account "$SA"; }
+# type_of ID: the type the tests format disk ID with: disk-b is
+# network-ssd-io-m3, disk-h3 (hostile-header.sh) network-hdd, every other
+# disk network-ssd.
+type_of() {
+	case $1 in
+	disk-b) echo network-ssd-io-m3 ;;
+	disk-h3) echo network-hdd ;;
+	*) echo network-ssd ;;
+	esac
+}
+
+# attach_ok ID DEVICE [TYPE]: attach quietly, as $SA, under $KEY; TYPE
+# defaults to type_of ID.
+attach_ok() { dc attach "$2" --disk-id "$1" --type "${3:-$(type_of "$1")}" --key "$KEY" --service-account "$SA"; }
 
 # detach_all: detach every disk the agent lists (ignoring failures).
 detach_all() {

@@ -28,7 +28,7 @@ no_raw_ff() { ! cat "$DC_OUT" "$DC_ERR" | grep -q "$FF"; }
 h1=$(loop_file "$W/h1.img" 8)
 check h1-format format_disk "$h1" disk-h1 network-ssd
 check h1-subsystem-ff cryptsetup config --subsystem "$FF" "$h1"
-expect_exit subsystem-ff 7 "is not a diskcrypt disk (subsystem '" attach "$h1" --disk-id disk-h1 --service-account "$SA"
+expect_exit subsystem-ff 7 "is not a diskcrypt disk (subsystem '" attach "$h1" --disk-id disk-h1 --type network-ssd --key "$KEY" --service-account "$SA"
 check subsystem-ff-escaped err_has 'xff'
 check subsystem-ff-no-raw-byte no_raw_ff
 check alive-after-subsystem alive
@@ -41,7 +41,7 @@ cryptsetup token export --token-id 0 "$h2" |
 check h2-token-edited grep -q "$FF" "$W/h2-token.json"
 check h2-token-import cryptsetup token import --token-id 0 --token-replace --json-file "$W/h2-token.json" "$h2"
 unwraps_h2=$(unwrap_count disk-h2)
-expect_exit token-created-ff 7 "field 'created'" attach "$h2" --disk-id disk-h2 --service-account "$SA"
+expect_exit token-created-ff 7 "field 'created'" attach "$h2" --disk-id disk-h2 --type network-ssd --key "$KEY" --service-account "$SA"
 check token-created-ff-escaped err_has 'xff'
 check token-created-no-raw-byte no_raw_ff
 check alive-after-token alive
@@ -50,9 +50,9 @@ check token-no-unwrap test "$(unwrap_count disk-h2)" = "$unwraps_h2"
 # --- A FIFO as the device: an answer at once, not a hung thread -----------
 mkfifo "$W/fifo"
 t0=$(now_ms)
-expect_exit fifo-device 5 "is not a block device (it is a FIFO)" attach "$W/fifo" --disk-id disk-q --service-account "$SA"
+expect_exit fifo-device 5 "is not a block device (it is a FIFO)" attach "$W/fifo" --disk-id disk-q --type network-ssd --key "$KEY" --service-account "$SA"
 check fifo-fast test $(($(now_ms) - t0)) -lt 5000
-expect_exit fifo-verify 5 "neither a block device nor a regular file (it is a FIFO)" verify "$W/fifo" --disk-id disk-q
+expect_exit fifo-verify 5 "neither a block device nor a regular file (it is a FIFO)" verify "$W/fifo" --disk-id disk-q --type network-ssd --key "$KEY" --service-account "$SA"
 check alive-after-fifo alive
 
 # --- Discards: the caller's and the disk type's decision, never the header's
@@ -66,12 +66,12 @@ check discards-flag-in-header sh -c 'cryptsetup luksDump /dev/vdb | grep -q allo
 check discards-attach attach_ok disk-b /dev/vdb
 check discards-not-from-header sh -c '! dmsetup table diskcrypt-disk-b | grep -q allow_discards'
 check discards-detach dc detach disk-b
-check discards-on-request dc attach /dev/vdb --disk-id disk-b --service-account "$SA" --allow-discards
+check discards-on-request dc attach /dev/vdb --disk-id disk-b --type network-ssd-io-m3 --key "$KEY" --service-account "$SA" --allow-discards
 check discards-in-table sh -c 'dmsetup table diskcrypt-disk-b | grep -q allow_discards'
 check discards-detach-2 dc detach disk-b
 h3=$(loop_file "$W/h3.img" 8)
 check h3-format format_disk "$h3" disk-h3 network-hdd
-expect_exit discards-hdd-refused 2 "does not allow discards" attach "$h3" --disk-id disk-h3 --service-account "$SA" --allow-discards
+expect_exit discards-hdd-refused 2 "does not allow discards" attach "$h3" --disk-id disk-h3 --type network-hdd --key "$KEY" --service-account "$SA" --allow-discards
 check discards-hdd-nothing-mapped sh -c '! test -e /dev/mapper/diskcrypt-disk-h3'
 
 # --- A holder that names itself "\377" ---------------------------------------

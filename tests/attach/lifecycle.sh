@@ -30,7 +30,7 @@ for c in "a /dev/vda disk-a network-ssd 512" "b /dev/vdb disk-b network-ssd-io-m
 
 	rm -f /run/uevents/*
 	t0=$(now_ms)
-	check "attach-$n" dc attach "$dev" --disk-id "$id" --service-account "$SA" || continue
+	check "attach-$n" dc attach "$dev" --disk-id "$id" --type "$type" --key "$KEY" --service-account "$SA" || continue
 	info "attach of $id ($type) took $(($(now_ms) - t0)) ms in the guest, CLI included"
 	check "attach-prints-path-$n" [ "$(head -n 1 "$DC_OUT")" = "$map" ]
 	check "mapped-$n" mapped "$id"
@@ -39,8 +39,8 @@ for c in "a /dev/vda disk-a network-ssd 512" "b /dev/vdb disk-b network-ssd-io-m
 	uuid=$(cryptsetup luksUUID "$dev")
 	want="diskcrypt aes-xts-plain64 :64:logon:diskcrypt:$uuid:"
 	check "table-key-reference-$n" sh -c "echo '$table' | grep -qF '$want'"
-	opts=""
-	[ "$ss" = 4096 ] && opts=" 1 sector_size:4096"
+	opts=" 1 zero_unwritten"
+	[ "$ss" = 4096 ] && opts=" 2 sector_size:4096 zero_unwritten"
 	devno=$(cat "/sys/block/${dev#/dev/}/dev")
 	check "table-segment-$n" sh -c "echo '$table' | grep -qE ' 0 $devno 2048$opts\$'"
 	check "table-length-$n" [ "$(echo "$table" | cut -d' ' -f2)" = $((63 * 2048)) ]
@@ -58,12 +58,12 @@ for c in "a /dev/vda disk-a network-ssd 512" "b /dev/vdb disk-b network-ssd-io-m
 	check "write-$n" dd if=/tmp/pattern of="$map" bs=64k oflag=direct conv=notrunc 2>/dev/null
 	check "detach-$n" dc detach "$id"
 	check "unmapped-$n" sh -c "! test -e $map"
-	check "reattach-$n" dc attach "$dev" --disk-id "$id" --service-account "$SA"
+	check "reattach-$n" dc attach "$dev" --disk-id "$id" --type "$type" --key "$KEY" --service-account "$SA"
 	dd if="$map" of=/tmp/back bs=64k count=64 iflag=direct 2>/dev/null
 	check "data-survives-$n" cmp -s /tmp/back /tmp/pattern
 
 	# Idempotent: the same request again returns the same mapping.
-	check "attach-again-$n" dc --json attach "$dev" --disk-id "$id" --service-account "$SA"
+	check "attach-again-$n" dc --json attach "$dev" --disk-id "$id" --type "$type" --key "$KEY" --service-account "$SA"
 	check "attach-again-idempotent-$n" [ "$(json_field already_attached)" = true ]
 	check "attach-again-same-path-$n" [ "$(json_field path)" = "$map" ]
 
@@ -82,7 +82,7 @@ for c in "a /dev/vda disk-a network-ssd 512" "b /dev/vdb disk-b network-ssd-io-m
 	check "ciphertext-equals-dm-crypt-$n" cmp -s /tmp/raw-diskcrypt /tmp/raw-dmcrypt
 	check "stock-close-$n" cryptsetup close "stock-$id"
 	shred -u /tmp/secret 2>/dev/null || rm -f /tmp/secret
-	check "attach-after-stock-$n" dc attach "$dev" --disk-id "$id" --service-account "$SA"
+	check "attach-after-stock-$n" dc attach "$dev" --disk-id "$id" --type "$type" --key "$KEY" --service-account "$SA"
 done
 
 check list-json dc --json list
@@ -102,6 +102,13 @@ for ev in format wrap unwrap attach detach; do
 	check "audit-$ev" audit_has "\"event\":\"$ev\"" '"result":"ok"' '"disk_id":"disk-a"' "$sa" \
 		"\"key\":{\"provider\":\"hsm\",\"id\":\"$KEY_ID\",\"version\":\"1\"}" '"caller":{"uid":0,"pid":'
 done
+# Each operation's access decision, under the policy's revision; format's
+# names the user.
+check audit-access-attach audit_has '"event":"access"' '"result":"ok"' '"op":"attach"' '"disk_id":"disk-a"' \
+	"\"service_account\":\"$SA\"" '"policy_revision":"sha256:'
+check audit-access-format audit_has '"event":"access"' '"result":"ok"' '"op":"format"' '"disk_id":"disk-a"' \
+	"\"user\":\"$USER_ID\"" '"policy_revision":"sha256:'
+check audit-attach-revision audit_has '"event":"attach"' '"result":"ok"' '"disk_id":"disk-a"' '"policy_revision":"sha256:'
 check detach-all sh -c "diskcrypt detach disk-a >/dev/null && diskcrypt detach disk-b >/dev/null"
 kill "$uevent_pid"
 die_on_kernel_warning lifecycle-kernel-log

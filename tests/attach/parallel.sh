@@ -7,9 +7,9 @@
 check parallel-setup setup_disks || exit 1
 detach_all
 
-diskcrypt --json attach /dev/vda --disk-id disk-a --service-account "$SA" >/tmp/p1 2>&1 &
+diskcrypt --json attach /dev/vda --disk-id disk-a --type network-ssd --key "$KEY" --service-account "$SA" >/tmp/p1 2>&1 &
 p1=$!
-diskcrypt --json attach /dev/vdb --disk-id disk-b --service-account "$SA" >/tmp/p2 2>&1 &
+diskcrypt --json attach /dev/vdb --disk-id disk-b --type network-ssd-io-m3 --key "$KEY" --service-account "$SA" >/tmp/p2 2>&1 &
 p2=$!
 wait "$p1"
 r1=$?
@@ -20,9 +20,9 @@ check two-disks-mapped sh -c "test -b /dev/mapper/diskcrypt-disk-a && test -b /d
 check parallel-detach-b dc detach disk-b
 
 for i in 1 2 3; do
-	diskcrypt --json attach /dev/vdb --disk-id disk-b --service-account "$SA" >/tmp/s1 2>&1 &
+	diskcrypt --json attach /dev/vdb --disk-id disk-b --type network-ssd-io-m3 --key "$KEY" --service-account "$SA" >/tmp/s1 2>&1 &
 	p1=$!
-	diskcrypt --json attach /dev/vdb --disk-id disk-b --service-account "$SA" >/tmp/s2 2>&1 &
+	diskcrypt --json attach /dev/vdb --disk-id disk-b --type network-ssd-io-m3 --key "$KEY" --service-account "$SA" >/tmp/s2 2>&1 &
 	p2=$!
 	wait "$p1"
 	r1=$?

@@ -20,7 +20,7 @@ check new-agent agent_start
 check new-agent-lists dc --json list
 check new-agent-sees-a grep -q '"backing_device": "/dev/vda"' "$DC_OUT"
 check new-agent-sees-b grep -q '"backing_device": "/dev/vdb"' "$DC_OUT"
-check new-agent-idempotent-attach dc --json attach /dev/vda --disk-id disk-a --service-account "$SA"
+check new-agent-idempotent-attach dc --json attach /dev/vda --disk-id disk-a --type network-ssd --key "$KEY" --service-account "$SA"
 check new-agent-idempotent-flag [ "$(json_field already_attached)" = true ]
 check new-agent-detach-a dc detach disk-a
 check new-agent-detach-b dc detach disk-b

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The attach suite: the agent, the CLI, SoftHSM2 and dm-diskcrypt.ko together
-# in one QEMU guest (-cpu max, 2 CPUs). The test makes its token, key, PIN and
-# configuration on the guest's tmpfs; disks vda and vdb are 64 MiB images.
+# in one QEMU guest (-cpu max, 2 CPUs). The test makes its token, key, PIN,
+# configuration and access policy on the guest's tmpfs; disks vda and vdb are
+# 64 MiB images.
 #   lifecycle  format, attach, write, detach, attach, read; table and dm uuid;
 #              ciphertext equal to dm-crypt's; stock cryptsetup recovery; idempotence
 #   custody    /proc/key-users back to its count, no key in any keyring, the
@@ -10,6 +11,19 @@
 #   errors     every refusal a user can hit, with its exit code and message
 #   restart    the agent killed: mappings serve I/O; a new agent lists and detaches
 #   parallel   two disks attached at once; one disk attached twice at once
+#   hostile-peer    1000 mappings listed as one table and one JSON document
+#   hostile-header  bytes that are not text in a header, a holder named \377,
+#              discards never from the header, a FIFO device, an empty leftover
+#              mapping, one odd header in 'list'
+#   access     the access policy: a service account without a binding refused
+#              (exit 18) before the KMS is asked, nothing mapped; a grant and a
+#              revocation (file replaced) take effect without a restart; a
+#              broken policy is refused and the last good one stays; SIGHUP
+#              reloads; a header under another key or disk type refused (11);
+#              format refused for a user without the role, device untouched
+#   profiles   each disk type's table options in `dmsetup table` (sector size,
+#              zero_unwritten, discards on request), unwritten blocks read as
+#              zeros; a host override of a type's profile in the next attach
 #
 # Usage: tests/attach/run.sh [TEST,...]
 # Environment: DISKCRYPT_BUILD (default <repo>/build), KMOD (default
@@ -20,7 +34,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 

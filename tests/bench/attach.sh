@@ -52,7 +52,7 @@ pct() {
 		r = int((p * NR + 99) / 100); if (r < 1) r = 1; printf "%.1f", v[r] / 1000 }'
 }
 
-run_cycles diskcrypt "diskcrypt attach /dev/vda --disk-id disk-a --service-account $SA" "diskcrypt detach disk-a"
+run_cycles diskcrypt "diskcrypt attach /dev/vda --disk-id disk-a --type network-ssd --key $KEY --service-account $SA" "diskcrypt detach disk-a"
 run_cycles cryptsetup "cryptsetup open --key-file /tmp/pass --key-slot 1 /dev/vda stock-a" "cryptsetup close stock-a"
 
 info "attach latency, $cycles cycles each, ms (guest under TCG; compare the rows, not the absolute values)"

@@ -12,9 +12,12 @@
 #     context), so that nothing waits on the host and guest time counts
 #     instructions; raw, dm-crypt both
 #     ways, dm-crypt with cipher_null-ecb and the no-workqueue flags (the same
-#     target without the cipher: the cipher's share of the path), diskcrypt.
+#     target without the cipher: the cipher's share of the path), diskcrypt,
+#     and dc-zero: diskcrypt with zero_unwritten, the table the network disk
+#     types' profiles attach (agent/README.md, "Disk types").
 # BENCH_CONFIGS overrides the set (names as above plus crypt-null, dc-inline,
-# dc-depth0: diskcrypt with inline_depth:0, all crypto on its workqueue);
+# dc-depth0: diskcrypt with inline_depth:0, all crypto on its workqueue;
+# dc-zero);
 # BENCH_WORKLOADS keeps only the workloads it names (e.g. randwrite-4k-qd32).
 # Emits "INFO RESULT <config> <workload> <round> <KiB/s> <IOPS> <I/Os> <ms>"
 # lines (I/Os completed in fio's runtime of <ms> milliseconds).
@@ -61,7 +64,7 @@ icount)
 	esac
 	LEN=$((128 * MiB))
 	ROUNDS=1	# every run gives the same figures
-	CONFIGS="raw crypt-default crypt-noqueue crypt-null diskcrypt"
+	CONFIGS="raw crypt-default crypt-noqueue crypt-null diskcrypt dc-zero"
 	FIO_RUNTIME=${BENCH_ICOUNT_MS:-300}ms
 	SEED=1	# the same offsets every boot
 	;;
@@ -94,6 +97,7 @@ for cfg in $CONFIGS; do
 	diskcrypt) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0" ;;
 	dc-inline) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 inline_depth:65536" ;;
 	dc-depth0) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 inline_depth:0" ;;
+	dc-zero) dm_create "$cfg" "0 $LEN diskcrypt aes-xts-plain64 $KEYREF 0 $DEV 0 1 zero_unwritten" ;;
 	*)
 		fail bench-setup "unknown config '$cfg'"
 		exit 1

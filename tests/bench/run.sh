@@ -67,7 +67,7 @@ icount_run() {
 
 if [ "$mode" != wallclock ]; then
 	ms=${BENCH_ICOUNT_MS:-300}
-	echo "bench: instruction counting, 6 workloads x 5 configs x ${ms} ms of guest time" >&2
+	echo "bench: instruction counting, 6 workloads x 6 configs x ${ms} ms of guest time" >&2
 	start=$SECONDS
 	r=0
 	# Randomness changes instruction counts: where fio's buffers land (whether

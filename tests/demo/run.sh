@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: boots Debian's kernel in QEMU with dm-diskcrypt.ko, the agent, the
 # CLI and SoftHSM2 as the embedded default KMS, and runs the narrated guest
-# demo (tests/demo/demo.sh): an HSM key, a disk formatted, attached, written,
-# detached, attached again and read back, status, a refusal, the audit trail.
+# demo (tests/demo/demo.sh): an HSM key, an access policy, a disk formatted,
+# its attach refused until the customer grants its service account decrypt on
+# the key, then attached, written, detached, attached again and read back,
+# status, a header of another disk refused, the audit trail.
 # Exits non-zero if any step fails.
 set -euo pipefail
 

@@ -32,9 +32,10 @@ struct Agent {
     Agent()
     {
         hsm.create_key({.id = "disk-key-01", .label = "disk key"});
+        const std::string policy = diskcrypt::test::write_tests_policy(dir / "policy.toml", {"hsm:disk-key-01"});
         diskcrypt::test::write_file(config, "[agent]\nsocket = \"" + socket +
                                                 "\"\ndefault_key = \"hsm:disk-key-01\"\nlock_dir = \"" +
-                                                (dir / "lock") + "\"\n[audit]\nfile = \"" + audit +
+                                                (dir / "lock") + "\"\n" + policy + "[audit]\nfile = \"" + audit +
                                                 "\"\njournal = \"never\"\n" + hsm.provider_toml());
         diskcrypt::test::write_file(image, "");
         std::filesystem::resize_file(image, 8ULL << 20U);
@@ -44,7 +45,7 @@ struct Agent {
 
     [[nodiscard]] Result cli(std::vector<std::string> args) const
     {
-        return diskcrypt::test::run_cli(socket, std::move(args));
+        return diskcrypt::test::run_cli(socket, diskcrypt::test::with_identity(std::move(args), "hsm:disk-key-01"));
     }
 
     diskcrypt::test::TempDir dir;
@@ -79,7 +80,7 @@ TEST_CASE("e2e audit: format, wrap, unwrap, verify and refusals are events with 
     Agent a;
     a.start();
     const Result f =
-        a.cli({"format", a.image, "--disk-id", "disk-1", "--type", "network-ssd", "--service-account", "sa-creator"});
+        a.cli({"format", a.image, "--disk-id", "disk-1", "--type", "network-ssd", "--service-account", "sa-tests"});
     REQUIRE(f.status == 0);
     const Result v = a.cli({"verify", a.image, "--disk-id", "disk-2"});
     CHECK(v.status == 11);
@@ -90,7 +91,7 @@ TEST_CASE("e2e audit: format, wrap, unwrap, verify and refusals are events with 
         CHECK(has_event(events, {{"event", ev},
                                  {"result", "ok"},
                                  {"disk_id", "disk-1"},
-                                 {"service_account", "sa-creator"},
+                                 {"service_account", "sa-tests"},
                                  {"key", key},
                                  {"device", a.image}}));
     }
@@ -119,7 +120,7 @@ TEST_CASE("e2e attach: without device-mapper every disk op says so (exit 17) and
     Agent a;
     a.start();
     const std::vector<std::vector<std::string>> ops = {
-        {"attach", "/dev/null", "--disk-id", "disk-1", "--service-account", "sa-1"},
+        {"attach", "/dev/null", "--disk-id", "disk-1", "--type", "network-ssd", "--service-account", "sa-tests"},
         {"detach", "disk-1"},
         {"list"},
         {"status", "disk-1"},
@@ -141,7 +142,7 @@ TEST_CASE("e2e attach: without device-mapper every disk op says so (exit 17) and
                              {"result", "failed"},
                              {"reason", "kernel"},
                              {"disk_id", "disk-1"},
-                             {"service_account", "sa-1"}}));
+                             {"service_account", "sa-tests"}}));
     CHECK(has_event(events, {{"event", "detach"}, {"result", "failed"}, {"reason", "kernel"}}));
 }
 

@@ -68,18 +68,22 @@ public:
 
     void write_config(const std::string& agent_extra, const std::string& providers) const
     {
+        const std::string policy =
+            diskcrypt::test::write_tests_policy(dir / "policy.toml", {"hsm:" + kKeyId, "hsm:no-such-key", "hsm:nope"});
         diskcrypt::test::write_file(config,
                                     "[agent]\nsocket = \"" + socket + "\"\ndefault_key = \"hsm:" + kKeyId +
-                                        "\"\nlock_dir = \"" + (dir / "lock") + "\"\n" + agent_extra + "\n" + providers,
+                                        "\"\nlock_dir = \"" + (dir / "lock") + "\"\n" + policy + agent_extra + "\n" +
+                                        providers,
                                     0600);
     }
 
     void start() { agent = diskcrypt::test::start_agent({"--config", config, "--log-level", "debug"}, socket, log); }
 
-    // Runs the CLI with --socket; records its output for the secret scan.
+    // Runs the CLI with --socket and the identity options a test leaves out
+    // (diskcrypt::test::with_identity); records its output for the secret scan.
     Result cli(std::vector<std::string> args)
     {
-        Result r = diskcrypt::test::run_cli(socket, std::move(args));
+        Result r = diskcrypt::test::run_cli(socket, diskcrypt::test::with_identity(std::move(args), "hsm:" + kKeyId));
         outputs.push_back(r.out);
         outputs.push_back(r.err);
         return r;
@@ -101,6 +105,7 @@ public:
             std::filesystem::copy_file(DISKCRYPT_CLI_BIN, copy);
             REQUIRE(chmod(copy.c_str(), 0755) == 0);
         }
+        args = diskcrypt::test::with_identity(std::move(args), "hsm:" + kKeyId);
         args.insert(args.begin(),
                     {"setpriv", "--reuid=" + uid, "--regid=" + gid, "--clear-groups", copy, "--socket", socket});
         return run(args);
@@ -151,7 +156,7 @@ TEST_CASE("e2e: format a file through agent and CLI, the keyslot opens with the 
 
     const auto t0 = std::chrono::steady_clock::now();
     const Result f = w.cli_ok({"format", img, "--disk-id", "disk-1", "--type", "network-ssd", "--key", "hsm:" + kKeyId,
-                               "--service-account", "sa-builder"});
+                               "--service-account", "sa-tests"});
     const auto ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
     WARN("format of a 64 MiB file through agent and CLI took " << ms << " ms");
@@ -182,7 +187,7 @@ TEST_CASE("e2e: format a file through agent and CLI, the keyslot opens with the 
     CHECK(t.disk_id == "disk-1");
     CHECK(t.lineage_id == "disk-1");
     CHECK(t.disk_type == "network-ssd");
-    CHECK(t.service_account == std::optional<std::string>("sa-builder"));
+    CHECK(t.service_account == std::optional<std::string>("sa-tests"));
     CHECK(t.key.spec() == "hsm:disk-key-01");
     CHECK(t.key.version == "1");
     CHECK(t.provider_type == "pkcs11");
@@ -275,7 +280,9 @@ TEST_CASE("e2e: --json output, sector sizes by type and override", "[e2e]")
         CHECK(r.at("keyslot") == 0);
         CHECK(r.at("lineage") == "snap-7");
         CHECK(r.at("key").at("id") == kKeyId);  // the configured default key
-        CHECK(r.at("service_account").is_null());
+        CHECK(r.at("service_account") == "sa-tests");
+        CHECK(r.at("user") == "provisioner");
+        CHECK(r.at("policy_revision").get<std::string>().starts_with("sha256:"));
         CHECK(r.at("destroyed") == json::array());
         const Result uuid = run_ok({"cryptsetup", "luksUUID", img});
         CHECK(uuid.out == r.at("luks_uuid").get<std::string>() + "\n");
@@ -838,8 +845,9 @@ TEST_CASE("e2e hostile header: bytes that are not text are escaped, the agent ke
     {
         const std::string fifo = h.w.dir / "fifo";
         REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
-        const Result r =
-            run({DISKCRYPT_CLI_BIN, "--socket", h.w.socket, "verify", fifo, "--disk-id", "disk-h"}, {}, {}, 15);
+        const Result r = run({DISKCRYPT_CLI_BIN, "--socket", h.w.socket, "verify", fifo, "--disk-id", "disk-h", "--key",
+                              "hsm:" + kKeyId, "--service-account", "sa-tests"},
+                             {}, {}, 15);
         CHECK(r.status == 5);
         CHECK_THAT(r.err, Contains("is neither a block device nor a regular file (it is a FIFO)"));
         CHECK(h.w.cli({"status"}).status == 0);
@@ -897,8 +905,8 @@ TEST_CASE("e2e: format takes the disk lock like every other operation", "[e2e][l
     make_image(img, 16 * kMiB);
     auto held = std::make_unique<diskcrypt::FileLock>(diskcrypt::lock_disk(locks, "disk-l"));
     auto format = std::async(std::launch::async, [&] {
-        return run(
-            {DISKCRYPT_CLI_BIN, "--socket", w.socket, "format", img, "--disk-id", "disk-l", "--type", "network-ssd"});
+        return run({DISKCRYPT_CLI_BIN, "--socket", w.socket, "format", img, "--disk-id", "disk-l", "--type",
+                    "network-ssd", "--service-account", "sa-tests", "--user", "provisioner"});
     });
     CHECK(format.wait_for(std::chrono::milliseconds(1500)) == std::future_status::timeout);
     held.reset();

@@ -43,8 +43,9 @@ struct PeerAgent {
         if (!audit_file.empty()) {
             audit = audit_file;
         }
+        const std::string policy = diskcrypt::test::write_tests_policy(dir / "policy.toml", {"hsm:disk-key-01"});
         diskcrypt::test::write_file(config, "[agent]\nsocket = \"" + socket + "\"\nlock_dir = \"" + lock_dir + "\"\n" +
-                                                agent_extra + "[audit]\nfile = \"" + audit +
+                                                policy + agent_extra + "[audit]\nfile = \"" + audit +
                                                 "\"\njournal = \"never\"\n" + hsm.provider_toml());
     }
 
@@ -317,7 +318,8 @@ TEST_CASE("e2e hostile peer: SIGTERM ends a wait for a disk lock at once, with a
     const FileDescriptor fd = connect_to(a.socket);
     REQUIRE(fd);
     const std::string attach =
-        R"({"protocol":1,"op":"attach","args":{"device":"/dev/null","disk_id":"disk-1","service_account":"sa-1"}})";
+        R"({"protocol":1,"op":"attach","args":{"device":"/dev/null","disk_id":"disk-1","type":"network-ssd",)"
+        R"("key":"hsm:disk-key-01","service_account":"sa-tests"}})";
     REQUIRE(send(fd.get(), attach.data(), attach.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(attach.size()));
     std::this_thread::sleep_for(std::chrono::milliseconds(700));  // it waits for the lock now
     const auto t0 = Clock::now();

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
 #include <cerrno>
@@ -322,6 +323,49 @@ Result run_cli(const std::string& socket, std::vector<std::string> args)
 {
     args.insert(args.begin(), {DISKCRYPT_CLI_BIN, "--socket", socket});
     return run(args);
+}
+
+std::string tests_policy(const std::vector<std::string>& keys)
+{
+    std::string p;
+    for (const std::string& k : keys) {
+        p += "[keys.\"" + k + "\"]\nfolder = \"tests\"\n";
+    }
+    p += "[service_accounts." + std::string(kServiceAccount) + "]\nfolder = \"tests\"\n";
+    p += "[[bindings]]\nsubject = \"serviceAccount:" + std::string(kServiceAccount) +
+         "\"\nrole = \"kms.keys.encrypterDecrypter\"\nresource = \"folder:tests\"\n";
+    p += "[[bindings]]\nsubject = \"userAccount:" + std::string(kUser) +
+         "\"\nrole = \"editor\"\nresource = \"folder:tests\"\n";
+    return p;
+}
+
+std::string write_tests_policy(const std::string& path, const std::vector<std::string>& keys)
+{
+    write_file(path, tests_policy(keys), 0644);
+    return "policy = \"" + path + "\"\n";
+}
+
+std::vector<std::string> with_identity(std::vector<std::string> args, const std::string& key)
+{
+    const auto op = std::find_if(args.begin(), args.end(),
+                                 [](const std::string& a) { return a == "format" || a == "verify" || a == "attach"; });
+    if (op == args.end()) {
+        return args;
+    }
+    const bool format = *op == "format";
+    const auto add = [&args](const std::string& option, std::string_view value) {
+        if (std::find(args.begin(), args.end(), option) == args.end()) {
+            args.push_back(option);
+            args.emplace_back(value);
+        }
+    };
+    add("--service-account", kServiceAccount);
+    if (format) {
+        add("--user", kUser);
+    } else {
+        add("--key", key);
+    }
+    return args;
 }
 
 namespace {

@@ -10,6 +10,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace diskcrypt::test {
@@ -86,6 +87,22 @@ std::unique_ptr<Background> start_agent(const std::vector<std::string>& args, co
                                         const std::string& log);
 // The diskcrypt CLI run with `--socket socket` before `args`.
 Result run_cli(const std::string& socket, std::vector<std::string> args);
+
+// The host tests' access policy (agent/README.md, "Access policy"): the keys
+// named (PROVIDER:KEY_ID) and kServiceAccount are in folder "tests", where
+// serviceAccount:kServiceAccount holds kms.keys.encrypterDecrypter and
+// userAccount:kUser holds editor.
+inline constexpr std::string_view kServiceAccount = "sa-tests";
+inline constexpr std::string_view kUser = "provisioner";
+std::string tests_policy(const std::vector<std::string>& keys);
+// "policy = \"PATH\"\n" for [agent], after writing tests_policy(keys) to PATH
+// (0644: the agent refuses a policy others may write).
+std::string write_tests_policy(const std::string& path, const std::vector<std::string>& keys);
+// The identity options the control plane passes, added to a format, verify
+// or attach command line that does not name them: format --service-account
+// kServiceAccount --user kUser; verify and attach --service-account
+// kServiceAccount --key `key`. Attach's --type is the test's to name.
+std::vector<std::string> with_identity(std::vector<std::string> args, const std::string& key);
 
 // A LUKS2 header in an image file, edited as an attacker with write access to
 // the storage would: the metadata JSON and the UUID of both header copies are

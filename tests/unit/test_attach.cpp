@@ -148,10 +148,39 @@ TEST_CASE("attach: tables parse back from dmsetup table", "[attach]")
     for (const char* bad :
          {"", "aes-xts-plain64", "aes-cbc-plain :64:logon:k 0 8:0 0", "aes-xts-plain64 :32:logon:k 0 8:0 0",
           "aes-xts-plain64 :64:logon:k x 8:0 0", "aes-xts-plain64 :64:logon:k 0 8-0 0",
-          "aes-xts-plain64 :64:logon:k 0 8:0 0 2 iv_large_sectors"}) {
+          "aes-xts-plain64 :64:logon:k 0 8:0 0 2 iv_large_sectors",
+          "aes-xts-plain64 :64:logon:k 0 8:0 0 1 inline_depth:x"}) {
         INFO(bad);
         CHECK_FALSE(diskcrypt::parse_table_params(8, bad).has_value());
     }
+}
+
+TEST_CASE("attach: a profile's table options, written and parsed back", "[attach][profile]")
+{
+    DiskHeader h = header(512);
+    CryptTable t = diskcrypt::table_from_header(h, 254, 0, 64ULL << 20U, "diskcrypt:" + h.luks_uuid + ":ab");
+    diskcrypt::DiskProfile p = diskcrypt::encryptable_disk_type("network-ssd").profile;
+    diskcrypt::apply_profile(t, p);
+    CHECK_THAT(t.params(), Catch::Matchers::EndsWith(" 254:0 2048 1 zero_unwritten"));
+    p.zero_unwritten = false;
+    p.read_workqueue = true;
+    p.write_workqueue = true;
+    p.inline_depth = 0;
+    diskcrypt::apply_profile(t, p);
+    t.allow_discards = true;
+    CHECK_THAT(t.params(), Catch::Matchers::EndsWith(" 254:0 2048 4 allow_discards read_workqueue write_workqueue "
+                                                     "inline_depth:0"));
+    const auto back = diskcrypt::parse_table_params(t.length, t.params());
+    REQUIRE(back.has_value());
+    CHECK(back->params() == t.params());
+    CHECK(back->read_workqueue);
+    CHECK(back->write_workqueue);
+    CHECK_FALSE(back->zero_unwritten);
+    CHECK(back->inline_depth == std::optional<unsigned>(0));
+    p = diskcrypt::DiskProfile{};
+    diskcrypt::apply_profile(t, p);
+    t.allow_discards = false;
+    CHECK_THAT(t.params(), Catch::Matchers::EndsWith(" 254:0 2048 1 zero_unwritten"));
 }
 
 TEST_CASE("attach: one operation per disk, different disks in parallel", "[attach][lock]")
@@ -190,12 +219,14 @@ TEST_CASE("audit: events as JSON lines and journal fields, refusals told from fa
     ctx.device = "/dev/vdb";
     ctx.key = diskcrypt::KeyRef{"hsm", "disk-key-01", "1"};
     ctx.luks_uuid = "u-1";
+    ctx.policy_revision = "sha256:ab";
     const audit::Event ok{"unwrap", "ok", ctx, "", ""};
     const auto j = audit::to_json(ok, "2026-11-22T13:24:00Z");
-    CHECK(j.dump() ==
-          R"({"time":"2026-11-22T13:24:00Z","event":"unwrap","result":"ok","op":"attach","disk_id":"disk-1",)"
-          R"("service_account":"sa-1","caller":{"uid":0,"pid":4242},"device":"/dev/vdb","luks_uuid":"u-1",)"
-          R"("reason":null,"message":null,"key":{"provider":"hsm","id":"disk-key-01","version":"1"}})");
+    CHECK(
+        j.dump() ==
+        R"({"time":"2026-11-22T13:24:00Z","event":"unwrap","result":"ok","op":"attach","disk_id":"disk-1",)"
+        R"("service_account":"sa-1","user":null,"caller":{"uid":0,"pid":4242},"device":"/dev/vdb",)"
+        R"("luks_uuid":"u-1","policy_revision":"sha256:ab","reason":null,"message":null,"key":{"provider":"hsm","id":"disk-key-01","version":"1"}})");
 
     audit::Event refused{"attach", "refused", ctx, "binding", "this header belongs to disk disk-2, not disk-1"};
     refused.context.key.reset();
@@ -212,6 +243,7 @@ TEST_CASE("audit: events as JSON lines and journal fields, refusals told from fa
         "DISKCRYPT_OP=attach",
         "DISKCRYPT_DISK_ID=disk-1",
         "DISKCRYPT_SERVICE_ACCOUNT=sa-1",
+        "DISKCRYPT_POLICY_REVISION=sha256:ab",
         "DISKCRYPT_DEVICE=/dev/vdb",
         "DISKCRYPT_LUKS_UUID=u-1",
         "DISKCRYPT_REASON=binding",
@@ -240,7 +272,13 @@ TEST_CASE("audit: KMS calls are events of the current request, with the outcome"
     // Outside a request: no event.
     CHECK(audit::kms_call("unwrap", key, [] { return 1; }) == 1);
     {
-        const audit::Scope scope(audit::Context{"verify", 0, 7, "disk-1", "sa-1", "/dev/vdb", {}, {}});
+        audit::Context vctx;
+        vctx.op = "verify";
+        vctx.pid = 7;
+        vctx.disk_id = "disk-1";
+        vctx.service_account = "sa-1";
+        vctx.device = "/dev/vdb";
+        const audit::Scope scope(vctx);
         CHECK(audit::kms_call("unwrap", key, [] { return 2; }) == 2);
         CHECK_THROWS_AS(
             audit::kms_call("unwrap", key, []() -> int { throw Error(Errc::binding, "the KMS refused to unwrap"); }),
@@ -264,13 +302,15 @@ TEST_CASE("audit: KMS calls are events of the current request, with the outcome"
 
 TEST_CASE("protocol: attach, detach, list and status requests", "[protocol][attach]")
 {
-    const proto::AttachArgs a{"/dev/vdb", "disk-1", "sa-1"};
+    const proto::AttachArgs a{"/dev/vdb", "disk-1", "network-ssd", "hsm:k1", "sa-1", false};
     const proto::Request r = proto::parse_request(proto::encode_request("attach", proto::to_json(a)));
     CHECK(r.op == "attach");
     const proto::AttachArgs b = proto::attach_args(r.args);
     CHECK(b.device == a.device);
     CHECK(b.disk_id == a.disk_id);
     CHECK(b.service_account == a.service_account);
+    CHECK(b.type == "network-ssd");
+    CHECK(b.key == "hsm:k1");
 
     const proto::Request d =
         proto::parse_request(proto::encode_request("detach", proto::to_json(proto::DetachArgs{"d", true})));
@@ -282,8 +322,12 @@ TEST_CASE("protocol: attach, detach, list and status requests", "[protocol][atta
     CHECK_FALSE(proto::status_args(nlohmann::json::object()).disk_id.has_value());
 
     const std::vector<std::pair<std::string, std::string>> refused = {
-        {R"({"protocol":1,"op":"attach","args":{"device":"/dev/vdb","disk_id":"d"}})",
+        {R"({"protocol":1,"op":"attach","args":{"device":"/dev/vdb","disk_id":"d","type":"network-ssd","key":"h:k"}})",
          "op attach: missing argument 'service_account'"},
+        {R"({"protocol":1,"op":"attach","args":{"device":"/dev/vdb","disk_id":"d","type":"network-ssd","service_account":"s"}})",
+         "op attach: missing argument 'key'"},
+        {R"({"protocol":1,"op":"verify","args":{"device":"/dev/vdb","disk_id":"d","type":"network-ssd","key":"h:k"}})",
+         "op verify: missing argument 'service_account'"},
         {R"({"protocol":1,"op":"detach","args":{"disk_id":"d","force":"yes"}})",
          "op detach: argument 'force' must be a boolean"},
         {R"({"protocol":1,"op":"list","args":{"disk_id":"d"}})", "op list: unknown argument 'disk_id'"},
@@ -324,8 +368,13 @@ TEST_CASE("attach: each disk type's profile says whether discards are allowed", 
     for (const auto& t : diskcrypt::disk_types()) {
         INFO(t.name);
         const bool ssd = t.encryptable && t.name.find("ssd") != std::string_view::npos;
-        CHECK(t.discards == ssd);
-        CHECK_THAT(std::string(t.profile), Contains(t.discards ? "discards on request" : ""));
+        CHECK(t.profile.discards == ssd);
+        CHECK_THAT(std::string(t.description), Contains(t.profile.discards ? "discards on request" : ""));
+        // Every network type reads never-written blocks as zeros; the target's default queueing.
+        CHECK(t.profile.zero_unwritten == t.encryptable);
+        CHECK_FALSE(t.profile.read_workqueue);
+        CHECK_FALSE(t.profile.write_workqueue);
+        CHECK_FALSE(t.profile.inline_depth.has_value());
     }
 }
 

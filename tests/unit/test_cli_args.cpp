@@ -51,9 +51,26 @@ Parsed parse(std::vector<std::string> argv)
 
 TEST_CASE("cli: format with every option", "[cli]")
 {
-    const Parsed p =
-        parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k1", "--service-account",
-               "sa1", "--lineage", "d0", "--sector-size", "4096", "--force", "--json", "--socket", "/tmp/a.sock"});
+    const Parsed p = parse({"format",
+                            "--user",
+                            "u1",
+                            "/dev/vdb",
+                            "--disk-id",
+                            "d1",
+                            "--type",
+                            "network-ssd",
+                            "--key",
+                            "hsm:k1",
+                            "--service-account",
+                            "sa1",
+                            "--lineage",
+                            "d0",
+                            "--sector-size",
+                            "4096",
+                            "--force",
+                            "--json",
+                            "--socket",
+                            "/tmp/a.sock"});
     REQUIRE(p.args.has_value());
     const Arguments& a = *p.args;
     CHECK(a.command == Command::format);
@@ -64,6 +81,7 @@ TEST_CASE("cli: format with every option", "[cli]")
     CHECK(a.format.type == "network-ssd");
     CHECK(a.format.key == "hsm:k1");
     CHECK(a.format.service_account == "sa1");
+    CHECK(a.format.user == "u1");
     CHECK(a.format.lineage == "d0");
     CHECK(a.format.sector_size == 4096U);
     CHECK(a.format.force);
@@ -71,7 +89,8 @@ TEST_CASE("cli: format with every option", "[cli]")
 
 TEST_CASE("cli: format defaults, relative paths become absolute", "[cli]")
 {
-    const Parsed p = parse({"format", "disk.img", "--disk-id", "d1", "--type", "network-hdd"});
+    const Parsed p = parse(
+        {"format", "--service-account", "sa1", "--user", "u1", "disk.img", "--disk-id", "d1", "--type", "network-hdd"});
     REQUIRE(p.args.has_value());
     CHECK(p.args->socket == "/run/diskcrypt/agent.sock");
     CHECK_FALSE(p.args->json);
@@ -84,12 +103,16 @@ TEST_CASE("cli: format defaults, relative paths become absolute", "[cli]")
 
 TEST_CASE("cli: verify and status", "[cli]")
 {
-    const Parsed v = parse({"--json", "verify", "/dev/vdb", "--disk-id", "d1"});
+    const Parsed v = parse({"--json", "verify", "/dev/vdb", "--disk-id", "d1", "--type", "network-hdd", "--key",
+                            "hsm:k1", "--service-account", "sa1"});
     REQUIRE(v.args.has_value());
     CHECK(v.args->command == Command::verify);
     CHECK(v.args->json);
     CHECK(v.args->verify.device == "/dev/vdb");
     CHECK(v.args->verify.disk_id == "d1");
+    CHECK(v.args->verify.type == std::optional<std::string>("network-hdd"));
+    CHECK(v.args->verify.key == "hsm:k1");
+    CHECK(v.args->verify.service_account == "sa1");
     const Parsed s = parse({"status"});
     REQUIRE(s.args.has_value());
     CHECK(s.args->command == Command::status);
@@ -106,45 +129,51 @@ TEST_CASE("cli: usage errors exit 2 with a clear message", "[cli]")
     }
     SECTION("missing --disk-id")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--type", "network-ssd"});
+        const Parsed p =
+            parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--type", "network-ssd"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("--disk-id is required"));
     }
     SECTION("missing device")
     {
-        const Parsed p = parse({"format", "--disk-id", "d1", "--type", "network-ssd"});
+        const Parsed p =
+            parse({"format", "--service-account", "sa1", "--user", "u1", "--disk-id", "d1", "--type", "network-ssd"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("device is required"));
     }
     SECTION("unknown option")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--cipher", "x"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "network-ssd", "--cipher", "x"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("--cipher"));
     }
     SECTION("sector size not a number")
     {
-        const Parsed p =
-            parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--sector-size", "4k"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "network-ssd", "--sector-size", "4k"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("--sector-size"));
     }
     SECTION("invalid disk id")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--disk-id", "d/1", "--type", "network-ssd"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d/1",
+                                "--type", "network-ssd"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("diskcrypt: error: invalid disk id 'd/1'"));
     }
     SECTION("local disk type")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "local-ssd"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "local-ssd"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("local disks cannot be encrypted"));
         CHECK_THAT(p.err, Contains("diskcrypt: hint: only network-hdd"));
     }
     SECTION("unknown disk type, as JSON too")
     {
-        const Parsed p = parse({"--json", "format", "/dev/vdb", "--disk-id", "d1", "--type", "ssd"});
+        const Parsed p = parse({"--json", "format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id",
+                                "d1", "--type", "ssd"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("unknown disk type 'ssd'"));
         CHECK_THAT(p.out, Contains("\"code\": \"usage\""));
@@ -152,27 +181,29 @@ TEST_CASE("cli: usage errors exit 2 with a clear message", "[cli]")
     }
     SECTION("bad sector size")
     {
-        const Parsed p =
-            parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--sector-size", "8192"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "network-ssd", "--sector-size", "8192"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("invalid sector size 8192"));
     }
     SECTION("bad key")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "k1"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "network-ssd", "--key", "k1"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("write it as PROVIDER:KEY_ID"));
     }
     SECTION("bad service account")
     {
-        const Parsed p =
-            parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--service-account", "a b"});
+        const Parsed p = parse({"format", "--user", "u1", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd",
+                                "--service-account", "a b"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("invalid service account"));
     }
     SECTION("bad lineage")
     {
-        const Parsed p = parse({"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--lineage", "a b"});
+        const Parsed p = parse({"format", "--service-account", "sa1", "--user", "u1", "/dev/vdb", "--disk-id", "d1",
+                                "--type", "network-ssd", "--lineage", "a b"});
         CHECK(p.code == 2);
         CHECK_THAT(p.err, Contains("invalid lineage id"));
     }
@@ -190,13 +221,16 @@ TEST_CASE("cli: --help exits 0 and lists the exit codes", "[cli]")
 
 TEST_CASE("cli: attach, detach, status DISK-ID and list", "[cli][attach]")
 {
-    const Parsed a = parse({"attach", "disk.img", "--disk-id", "d1", "--service-account", "sa@x", "--json"});
+    const Parsed a = parse({"attach", "disk.img", "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k1",
+                            "--service-account", "sa@x", "--json"});
     REQUIRE(a.args.has_value());
     CHECK(a.args->command == Command::attach);
     CHECK(a.args->json);
     CHECK(a.args->attach.device.front() == '/');
     CHECK(a.args->attach.disk_id == "d1");
     CHECK(a.args->attach.service_account == "sa@x");
+    CHECK(a.args->attach.type == "network-ssd");
+    CHECK(a.args->attach.key == "hsm:k1");
 
     const Parsed d = parse({"detach", "d1", "--force"});
     REQUIRE(d.args.has_value());
@@ -216,11 +250,33 @@ TEST_CASE("cli: attach, detach, status DISK-ID and list", "[cli][attach]")
 TEST_CASE("cli: attach and detach usage errors exit 2", "[cli][attach]")
 {
     const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
-        {{"attach", "/dev/vdb", "--disk-id", "d1"}, "--service-account is required"},
-        {{"attach", "/dev/vdb", "--service-account", "sa"}, "--disk-id is required"},
-        {{"attach", "--disk-id", "d1", "--service-account", "sa"}, "device is required"},
-        {{"attach", "/dev/vdb", "--disk-id", "d 1", "--service-account", "sa"}, "invalid disk id 'd 1'"},
-        {{"attach", "/dev/vdb", "--disk-id", "d1", "--service-account", "s a"}, "invalid service account 's a'"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "h:k"},
+         "--service-account is required"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--service-account", "sa"},
+         "--key is required"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa"}, "--type is required"},
+        {{"attach", "/dev/vdb", "--type", "network-ssd", "--key", "h:k", "--service-account", "sa"},
+         "--disk-id is required"},
+        {{"attach", "--disk-id", "d1", "--type", "network-ssd", "--key", "h:k", "--service-account", "sa"},
+         "device is required"},
+        {{"attach", "/dev/vdb", "--disk-id", "d 1", "--type", "network-ssd", "--key", "h:k", "--service-account", "sa"},
+         "invalid disk id 'd 1'"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "h:k", "--service-account", "s a"},
+         "invalid service account 's a'"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--type", "local-ssd", "--key", "h:k", "--service-account", "sa"},
+         "local disks cannot be encrypted"},
+        {{"attach", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "k", "--service-account", "sa"},
+         "PROVIDER:KEY_ID"},
+        {{"verify", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--key", "h:k"},
+         "--service-account is required"},
+        {{"verify", "/dev/vdb", "--disk-id", "d1", "--type", "hdd", "--key", "h:k", "--service-account", "sa"},
+         "unknown disk type 'hdd'"},
+        {{"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--service-account", "sa"},
+         "--user is required"},
+        {{"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--user", "u"},
+         "--service-account is required"},
+        {{"format", "/dev/vdb", "--disk-id", "d1", "--type", "network-ssd", "--service-account", "sa", "--user", "a b"},
+         "invalid user account 'a b'"},
         {{"detach"}, "disk-id is required"},
         {{"detach", "a/b"}, "invalid disk id 'a/b'"},
         {{"status", "a b"}, "invalid disk id 'a b'"},

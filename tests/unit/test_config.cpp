@@ -56,8 +56,66 @@ TEST_CASE("config: the example file in agent/ is valid", "[config]")
     CHECK(cfg.provider("hsm")->type() == "pkcs11");
     CHECK(cfg.provider("other") == nullptr);
     CHECK(cfg.lock_dir == "/run/diskcrypt/lock");
+    CHECK(cfg.policy_path == std::optional<std::string>("/etc/diskcrypt/policy.toml"));
     CHECK(cfg.audit.file == std::optional<std::string>("/var/log/diskcrypt/audit.jsonl"));
     CHECK(cfg.audit.journal == diskcrypt::audit::Journal::automatic);
+}
+
+TEST_CASE("config: [agent] policy is an absolute path, and optional", "[config][policy]")
+{
+    CHECK_FALSE(parse_config(kProvider, "agent.toml").policy_path.has_value());
+    CHECK(parse_config("[agent]\npolicy = \"/etc/p.toml\"\n" + kProvider, "agent.toml").policy_path ==
+          std::optional<std::string>("/etc/p.toml"));
+    refused("[agent]\npolicy = \"p.toml\"\n" + kProvider,
+            "agent.toml:2: [agent] policy: must be an absolute path (starting with '/')");
+    refused("[agent]\npolicy = true\n" + kProvider, "agent.toml:2: [agent] policy: expected a string, found a boolean");
+}
+
+TEST_CASE("config: [disk_types.TYPE] overrides a type's profile, and only that", "[config][profile]")
+{
+    const AgentConfig d = parse_config(kProvider, "agent.toml");
+    CHECK(d.disk_profiles.empty());
+    CHECK(d.profile("network-ssd") == diskcrypt::encryptable_disk_type("network-ssd").profile);
+    CHECK(d.profile("network-ssd-io-m3").sector_size == 4096);
+    CHECK_THROWS_WITH(d.profile("local-ssd"), Catch::Matchers::Contains("local disks cannot be encrypted"));
+
+    const AgentConfig c = parse_config(
+        "[disk_types.network-ssd-io-m3]\nsector_size = 512\nzero_unwritten = false\nread_workqueue = true\n"
+        "write_workqueue = true\ninline_depth = 8\n[disk_types.network-hdd]\ndiscards = true\n" +
+            kProvider,
+        "agent.toml");
+    const diskcrypt::DiskProfile& m3 = c.profile("network-ssd-io-m3");
+    CHECK(m3.sector_size == 512);
+    CHECK_FALSE(m3.zero_unwritten);
+    CHECK(m3.read_workqueue);
+    CHECK(m3.write_workqueue);
+    CHECK(m3.inline_depth == std::optional<unsigned>(8));
+    CHECK(m3.discards);  // not overridden: the built-in one
+    CHECK(c.profile("network-hdd").discards);
+    CHECK(c.profile("network-hdd").sector_size == 512);
+    CHECK(c.profile("network-ssd") == diskcrypt::encryptable_disk_type("network-ssd").profile);
+
+    refused("[disk_types.local-ssd]\nzero_unwritten = false\n" + kProvider,
+            "agent.toml:1: [disk_types.local-ssd]: disk type 'local-ssd' is a local disk, and local disks cannot be "
+            "encrypted (only network-hdd, network-ssd, network-ssd-nonreplicated and network-ssd-io-m3 disks can be "
+            "encrypted)");
+    refused("[disk_types.network-nvme]\n" + kProvider,
+            "agent.toml:1: [disk_types.network-nvme]: unknown disk type 'network-nvme' (use one of network-hdd, "
+            "network-ssd, network-ssd-nonreplicated, network-ssd-io-m3)");
+    refused("[disk_types.network-ssd]\nsector_size = 1000\n" + kProvider,
+            "agent.toml:2: [disk_types.network-ssd] sector_size: invalid sector size 1000: use 512, 1024, 2048 or "
+            "4096");
+    refused("[disk_types.network-ssd]\ninline_depth = 70000\n" + kProvider,
+            "agent.toml:2: [disk_types.network-ssd] inline_depth: must be from 0 to 65536 (not 70000)");
+    refused("[disk_types.network-ssd]\ninline_depth = -1\n" + kProvider,
+            "agent.toml:2: [disk_types.network-ssd] inline_depth: must be from 0 to 65536 (not -1)");
+    refused("[disk_types.network-ssd]\nqueue = \"fast\"\n" + kProvider,
+            "agent.toml:2: [disk_types.network-ssd]: unknown key 'queue'");
+    refused(
+        "[disk_types.network-ssd]\nzero_unwritten = \"yes\"\n" + kProvider,
+        "agent.toml:2: [disk_types.network-ssd] zero_unwritten: expected a boolean (true or false), found a string");
+    refused("[disk_types]\nnetwork-ssd = 1\n" + kProvider,
+            "agent.toml:2: 'disk_types.network-ssd' must be a table ([disk_types.network-ssd])");
 }
 
 TEST_CASE("config: [audit] and lock_dir", "[config][audit]")
@@ -109,8 +167,9 @@ TEST_CASE("config: each error names its line and reason", "[config]")
     }
     SECTION("unknown section")
     {
-        refused(kProvider + "[server]\nport = 1\n",
-                "agent.toml:6: unknown section 'server' (known: [agent], [audit], [providers.NAME])");
+        refused(
+            kProvider + "[server]\nport = 1\n",
+            "agent.toml:6: unknown section 'server' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME])");
     }
     SECTION("unknown key in [agent]")
     {

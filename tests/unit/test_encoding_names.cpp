@@ -65,10 +65,10 @@ TEST_CASE("disk ids follow [A-Za-z0-9._-]{1,100}", "[names]")
 
 TEST_CASE("disk types: sector sizes and local disks", "[names]")
 {
-    CHECK(diskcrypt::encryptable_disk_type("network-hdd").sector_size == 512);
-    CHECK(diskcrypt::encryptable_disk_type("network-ssd").sector_size == 512);
-    CHECK(diskcrypt::encryptable_disk_type("network-ssd-nonreplicated").sector_size == 4096);
-    CHECK(diskcrypt::encryptable_disk_type("network-ssd-io-m3").sector_size == 4096);
+    CHECK(diskcrypt::encryptable_disk_type("network-hdd").profile.sector_size == 512);
+    CHECK(diskcrypt::encryptable_disk_type("network-ssd").profile.sector_size == 512);
+    CHECK(diskcrypt::encryptable_disk_type("network-ssd-nonreplicated").profile.sector_size == 4096);
+    CHECK(diskcrypt::encryptable_disk_type("network-ssd-io-m3").profile.sector_size == 4096);
     CHECK_THROWS_WITH(diskcrypt::encryptable_disk_type("local-ssd"),
                       Contains("is a local disk, and local disks cannot be encrypted"));
     CHECK_THROWS_WITH(diskcrypt::encryptable_disk_type("local-hdd"), Contains("local disks cannot be encrypted"));

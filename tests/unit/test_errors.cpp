@@ -30,6 +30,7 @@ TEST_CASE("exit codes: the documented table", "[errors]")
         {Errc::busy, 15},
         {Errc::conflict, 16},
         {Errc::kernel, 17},
+        {Errc::access_denied, 18},
     };
     REQUIRE(diskcrypt::errc_table().size() == expected.size());
     std::set<int> seen;

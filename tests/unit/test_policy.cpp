@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "agent/access.hpp"
+#include "agent/audit.hpp"
+#include "agent/config.hpp"
 #include "agent/error.hpp"
 #include "agent/policy/policy.hpp"
 #include "agent/policy/roles.hpp"
@@ -255,6 +258,91 @@ TEST_CASE("policy: the decision matrix", "[policy]")
         CHECK(d.message.find(c.why) != std::string::npos);
         CHECK(d.revision == p.revision());
         CHECK(d.hint.empty() == c.allowed);
+    }
+}
+
+TEST_CASE("policy: the matrix through authorize(), each decision one audit event with the revision", "[policy][audit]")
+{
+    const diskcrypt::test::TempDir dir;
+    const std::string path = dir.path() + "/policy.toml";
+    const std::string audit_file = dir.path() + "/audit.jsonl";
+    write_file(path, kPolicy, 0644);
+    diskcrypt::AgentConfig cfg;
+    cfg.policy_source = std::make_unique<FilePolicySource>(path, nullptr);
+    const std::string revision = cfg.policy()->revision();
+    diskcrypt::audit::configure(diskcrypt::audit::Settings{audit_file, diskcrypt::audit::Journal::never});
+    std::size_t seen = 0;
+    for (const Case& c : kMatrix) {
+        const Subject subject = Subject::parse(c.subject);
+        if (subject.kind == diskcrypt::policy::SubjectKind::group) {
+            continue;  // the control plane names accounts, never groups
+        }
+        const diskcrypt::AccessCheck check{subject, c.permission, Resource::parse(c.resource)};
+        INFO(c.subject << " " << diskcrypt::policy::permission_name(c.permission) << " " << c.resource);
+        diskcrypt::audit::Context ctx;
+        ctx.op = "attach";
+        diskcrypt::audit::Scope scope(ctx);
+        std::string message;
+        try {
+            const std::string used = diskcrypt::authorize(cfg, std::span(&check, 1));
+            CHECK(used == revision);
+            CHECK(c.allowed);
+        } catch (const Error& e) {
+            CHECK_FALSE(c.allowed);
+            CHECK(e.code() == Errc::access_denied);
+            message = e.what();
+            CHECK(message.find(c.why) != std::string::npos);
+            CHECK(message.ends_with("(access policy revision " + revision + ")"));
+        }
+        CHECK(scope.context().policy_revision == revision);
+        const auto events = diskcrypt::test::audit_events(audit_file);
+        REQUIRE(events.size() == seen + 1);
+        const auto& ev = events.back();
+        CHECK(ev.at("event") == "access");
+        CHECK(ev.at("result") == (c.allowed ? "ok" : "refused"));
+        CHECK(ev.at("reason") == (c.allowed ? nlohmann::json(nullptr) : nlohmann::json("access-denied")));
+        CHECK(ev.at("policy_revision") == revision);
+        CHECK(ev.at("op") == "attach");
+        CHECK(ev.at("message").get<std::string>().find(c.why) != std::string::npos);
+        ++seen;
+    }
+    CHECK(seen >= 40);
+    diskcrypt::audit::configure(diskcrypt::audit::Settings{});
+}
+
+TEST_CASE("policy: format, attach and verify ask for what the seeds say", "[policy]")
+{
+    const diskcrypt::KeyRef key{"hsm", "disk-key", ""};
+    const auto f = diskcrypt::format_checks("alice", "vm-disks", key);
+    REQUIRE(f.size() == 3);
+    CHECK(f[0].subject.str() == "userAccount:alice");
+    CHECK(f[0].permission == P::service_accounts_use);
+    CHECK(f[0].resource.str() == "serviceAccount:vm-disks");
+    CHECK(f[1].subject.str() == "userAccount:alice");
+    CHECK(f[1].permission == P::keys_get);
+    CHECK(f[1].resource.str() == "key:hsm:disk-key");
+    CHECK(f[2].subject.str() == "serviceAccount:vm-disks");
+    CHECK(f[2].permission == P::keys_encrypt);
+    CHECK(f[2].resource.str() == "key:hsm:disk-key");
+    const auto u = diskcrypt::unwrap_checks("vm-disks", key);
+    REQUIRE(u.size() == 1);
+    CHECK(u[0].subject.str() == "serviceAccount:vm-disks");
+    CHECK(u[0].permission == P::keys_decrypt);
+    CHECK(u[0].resource.str() == "key:hsm:disk-key");
+    CHECK_THROWS_AS(diskcrypt::unwrap_checks("a b", key), Error);
+    // The seeds' service key: an alias-like key id, a key like any other.
+    const auto d = diskcrypt::unwrap_checks("vm-disks", diskcrypt::KeyRef{"hsm", "diskcrypt/default", ""});
+    CHECK(d[0].resource.str() == "key:hsm:diskcrypt/default");
+    CHECK_THROWS_AS(diskcrypt::format_checks("a;b", "vm-disks", key), Error);
+
+    // No policy source: the empty policy, every check denied, and the hint says why.
+    const diskcrypt::AgentConfig none;
+    try {
+        (void)diskcrypt::authorize(none, u);
+        FAIL("allowed without a policy");
+    } catch (const Error& e) {
+        CHECK(e.code() == Errc::access_denied);
+        CHECK(e.hint().starts_with("this agent has no access policy ([agent] policy in "));
     }
 }
 

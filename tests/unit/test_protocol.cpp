@@ -25,7 +25,8 @@ void request_refused(const std::string& text, const std::string& message, Errc c
     }
 }
 
-const json kFormatArgs = {{"device", "/dev/vdb"}, {"disk_id", "d1"}, {"type", "network-ssd"}};
+const json kFormatArgs = {
+    {"device", "/dev/vdb"}, {"disk_id", "d1"}, {"type", "network-ssd"}, {"service_account", "s"}, {"user", "u"}};
 
 }  // namespace
 
@@ -36,6 +37,7 @@ TEST_CASE("protocol: requests round trip", "[protocol]")
                               .type = "network-ssd-io-m3",
                               .key = "hsm:k1",
                               .service_account = "sa1",
+                              .user = "alice",
                               .lineage = std::nullopt,
                               .sector_size = 512,
                               .force = true};
@@ -47,6 +49,7 @@ TEST_CASE("protocol: requests round trip", "[protocol]")
     CHECK(b.type == a.type);
     CHECK(b.key == a.key);
     CHECK(b.service_account == a.service_account);
+    CHECK(b.user == "alice");
     CHECK_FALSE(b.lineage.has_value());
     CHECK(b.sector_size == a.sector_size);
     CHECK(b.force);
@@ -56,9 +59,14 @@ TEST_CASE("protocol: requests round trip", "[protocol]")
     CHECK(s.args.empty());
 
     const auto v = proto::verify_args(
-        proto::parse_request(proto::encode_request("verify", proto::to_json(proto::VerifyArgs{"/d", "x"}))).args);
+        proto::parse_request(
+            proto::encode_request("verify", proto::to_json(proto::VerifyArgs{"/d", "x", "network-hdd", "hsm:k", "sa"})))
+            .args);
     CHECK(v.device == "/d");
     CHECK(v.disk_id == "x");
+    CHECK(v.type == std::optional<std::string>("network-hdd"));
+    CHECK(v.key == "hsm:k");
+    CHECK(v.service_account == "sa");
 }
 
 TEST_CASE("protocol: each malformed request is refused with its message", "[protocol]")

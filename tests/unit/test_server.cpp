@@ -14,6 +14,7 @@
 
 #include "agent/attach.hpp"
 #include "agent/config.hpp"
+#include "agent/policy/policy.hpp"
 #include "agent/protocol.hpp"
 #include "agent/server.hpp"
 #include "agent/text.hpp"
@@ -44,7 +45,8 @@ TEST_CASE("server: root may do everything, status group members only status", "[
     const diskcrypt::Peer stranger{4, 1000, 1000, {100}};
     const std::string status = R"({"protocol":1,"op":"status"})";
     const std::string format =
-        R"({"protocol":1,"op":"format","args":{"device":"/nonexistent","disk_id":"d1","type":"network-ssd"}})";
+        R"({"protocol":1,"op":"format","args":{"device":"/nonexistent","disk_id":"d1","type":"network-ssd",)"
+        R"("service_account":"sa1","user":"alice"}})";
 
     const json s = call(cfg, root, status);
     REQUIRE(s.at("ok") == true);
@@ -67,10 +69,18 @@ TEST_CASE("server: root may do everything, status group members only status", "[
     CHECK(no_format.at("error").at("message") == "op 'format' is not allowed for uid 1000 (pid 2)");
     CHECK(no_format.at("error").at("hint") == "run it as root");
 
-    // Root gets past authorisation to the device check.
+    // Root gets past the socket's authorisation to the access policy, which
+    // this agent does not have: every check is denied, before the device.
     const json root_format = call(cfg, root, format);
-    CHECK(root_format.at("error").at("code") == "device");
-    CHECK(root_format.at("error").at("message") == "cannot open device /nonexistent: No such file or directory");
+    CHECK(root_format.at("error").at("code") == "access-denied");
+    CHECK(root_format.at("error").at("exit") == 18);
+    CHECK(root_format.at("error").at("message") ==
+          "access denied: userAccount:alice lacks iam.serviceAccounts.use on serviceAccount:sa1; userAccount:alice "
+          "lacks kms.keys.get on key:hsm:k1; serviceAccount:sa1 lacks kms.keys.encrypt on key:hsm:k1 (access "
+          "policy revision " +
+              diskcrypt::policy::content_revision("") + ")");
+    CHECK_THAT(root_format.at("error").at("hint").get<std::string>(),
+               Catch::Matchers::StartsWith("this agent has no access policy ([agent] policy in agent.toml)"));
 }
 
 TEST_CASE("server: malformed requests become protocol errors", "[server]")
@@ -82,8 +92,9 @@ TEST_CASE("server: malformed requests become protocol errors", "[server]")
     CHECK(r.at("protocol") == 1);
     CHECK(r.at("error").at("code") == "protocol");
     CHECK(r.at("error").at("exit") == 13);
-    const json v =
-        call(cfg, root, R"({"protocol":1,"op":"format","args":{"device":"/d","disk_id":"d 1","type":"network-ssd"}})");
+    const json v = call(cfg, root,
+                        R"({"protocol":1,"op":"format","args":{"device":"/d","disk_id":"d 1","type":"network-ssd",)"
+                        R"("service_account":"s","user":"u"}})");
     CHECK(v.at("error").at("code") == "usage");
     CHECK(v.at("error").at("message") == "invalid disk id 'd 1': it must be 1-100 characters from A-Z a-z 0-9 . _ -");
 }
