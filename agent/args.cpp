@@ -3,7 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agent/config.hpp"
-#include "agent/server.hpp"
+#include "agent/ipc/server.hpp"
 
 namespace diskcrypt {
 

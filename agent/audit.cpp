@@ -9,10 +9,10 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "agent/disk/token.hpp"
 #include "agent/log.hpp"
 #include "agent/raii.hpp"
 #include "agent/text.hpp"
-#include "agent/token.hpp"
 
 namespace diskcrypt::audit {
 

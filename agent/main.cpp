@@ -9,9 +9,9 @@
 #include "agent/audit.hpp"
 #include "agent/config.hpp"
 #include "agent/error.hpp"
+#include "agent/ipc/server.hpp"
 #include "agent/log.hpp"
 #include "agent/secure_buffer.hpp"
-#include "agent/server.hpp"
 
 int main(int argc, char** argv)
 {

@@ -7,7 +7,7 @@
 #include <ostream>
 #include <string>
 
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 
 namespace diskcrypt::cli {
 

@@ -4,7 +4,7 @@
 #include <functional>
 #include <string>
 
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 
 namespace diskcrypt::cli {
 

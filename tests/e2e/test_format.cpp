@@ -17,15 +17,15 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "agent/associated_data.hpp"
 #include "agent/config.hpp"
+#include "agent/disk/associated_data.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/disk/token.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/encoding.hpp"
 #include "agent/error.hpp"
-#include "agent/header.hpp"
-#include "agent/protocol.hpp"
-#include "agent/token.hpp"
-#include "agent/verify.hpp"
+#include "agent/ipc/protocol.hpp"
+#include "agent/ops/verify.hpp"
 #include "tests/support/softhsm.hpp"
 #include "tests/support/support.hpp"
 

@@ -21,9 +21,9 @@
 #include <sstream>
 #include <thread>
 
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
+#include "agent/ipc/server.hpp"
 #include "agent/raii.hpp"
-#include "agent/server.hpp"
 #include "agent/text.hpp"
 #include "tests/support/softhsm.hpp"
 #include "tests/support/support.hpp"

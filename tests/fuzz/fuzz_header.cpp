@@ -31,8 +31,8 @@
 #include <string>
 #include <vector>
 
+#include "agent/disk/header.hpp"
 #include "agent/error.hpp"
-#include "agent/header.hpp"
 #include "agent/log.hpp"
 #include "tests/support/luks2_layout.hpp"
 

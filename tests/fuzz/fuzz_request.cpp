@@ -6,7 +6,7 @@
 #include <string_view>
 
 #include "agent/error.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "agent/error.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "cli/args.hpp"
 #include "cli/client.hpp"
 #include "cli/output.hpp"

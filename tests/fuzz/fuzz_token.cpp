@@ -8,8 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "agent/disk/token.hpp"
 #include "agent/error.hpp"
-#include "agent/token.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the header fuzz target's seeds (tests/fuzz/corpus/header/): LUKS2
 # headers made by stock cryptsetup with the parameters `diskcrypt format`
-# uses (agent/format.cpp: 16 KiB metadata, 1 MiB header, PBKDF2-SHA256 at
+# uses (agent/ops/format.cpp: 16 KiB metadata, 1 MiB header, PBKDF2-SHA256 at
 # 1000 iterations, aes-xts-plain64 with a 512-bit key, subsystem "diskcrypt")
 # and a diskcrypt-kms token, cut into the target's input layout
 # (fuzz_header.cpp): flags byte, UUID (40), subsystem (48), label (48), JSON.

@@ -6,8 +6,8 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 
-#include "agent/associated_data.hpp"
 #include "agent/config.hpp"
+#include "agent/disk/associated_data.hpp"
 #include "agent/error.hpp"
 #include "agent/kms/provider.hpp"
 #include "tests/support/softhsm.hpp"

@@ -11,9 +11,9 @@
 #include <string>
 
 #include "agent/config.hpp"
-#include "agent/header.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/ops/verify.hpp"
 #include "agent/secure_buffer.hpp"
-#include "agent/verify.hpp"
 
 int main(int argc, char** argv)
 {

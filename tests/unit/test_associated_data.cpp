@@ -1,7 +1,7 @@
 // The associated data: one canonical byte form, fixed vectors.
 #include <catch2/catch.hpp>
 
-#include "agent/associated_data.hpp"
+#include "agent/disk/associated_data.hpp"
 #include "agent/encoding.hpp"
 #include "agent/error.hpp"
 

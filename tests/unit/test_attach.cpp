@@ -11,11 +11,11 @@
 #include <thread>
 
 #include "agent/audit.hpp"
+#include "agent/disk/table.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/error.hpp"
-#include "agent/protocol.hpp"
-#include "agent/table.hpp"
-#include "agent/verify.hpp"
+#include "agent/ipc/protocol.hpp"
+#include "agent/ops/verify.hpp"
 #include "tests/support/support.hpp"
 
 using Catch::Matchers::Contains;

@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 #include <sstream>
 
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "cli/args.hpp"
 #include "cli/client.hpp"
 #include "cli/output.hpp"

@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/error.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "agent/text.hpp"
 
 using diskcrypt::Errc;

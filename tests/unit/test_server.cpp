@@ -12,11 +12,11 @@
 #include <system_error>
 #include <thread>
 
-#include "agent/attach.hpp"
 #include "agent/config.hpp"
+#include "agent/ipc/protocol.hpp"
+#include "agent/ipc/server.hpp"
+#include "agent/ops/attach.hpp"
 #include "agent/policy/policy.hpp"
-#include "agent/protocol.hpp"
-#include "agent/server.hpp"
 #include "agent/text.hpp"
 #include "tests/support/support.hpp"
 

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/audit.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "agent/text.hpp"
 
 using diskcrypt::printable;

@@ -4,8 +4,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "agent/disk/token.hpp"
 #include "agent/error.hpp"
-#include "agent/token.hpp"
 
 using diskcrypt::Errc;
 using diskcrypt::Error;

@@ -14,8 +14,8 @@
 #include <string>
 #include <string_view>
 
+#include "agent/disk/token.hpp"
 #include "agent/raii.hpp"
-#include "agent/token.hpp"
 
 namespace diskcrypt {
 

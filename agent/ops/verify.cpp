@@ -1,4 +1,4 @@
-#include "agent/verify.hpp"
+#include "agent/ops/verify.hpp"
 
 #include <fcntl.h>
 #include <libcryptsetup.h>
@@ -10,8 +10,8 @@
 #include <cerrno>
 
 #include "agent/access.hpp"
-#include "agent/associated_data.hpp"
 #include "agent/audit.hpp"
+#include "agent/disk/associated_data.hpp"
 #include "agent/error.hpp"
 #include "agent/text.hpp"
 

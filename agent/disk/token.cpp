@@ -1,4 +1,4 @@
-#include "agent/token.hpp"
+#include "agent/disk/token.hpp"
 
 #include <ctime>
 #include <nlohmann/json.hpp>

@@ -1,4 +1,4 @@
-#include "agent/attach.hpp"
+#include "agent/ops/attach.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -21,15 +21,15 @@
 
 #include "agent/access.hpp"
 #include "agent/audit.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/disk/table.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/dm.hpp"
-#include "agent/header.hpp"
 #include "agent/log.hpp"
+#include "agent/ops/verify.hpp"
 #include "agent/raii.hpp"
 #include "agent/secure_buffer.hpp"
-#include "agent/table.hpp"
 #include "agent/text.hpp"
-#include "agent/verify.hpp"
 
 namespace diskcrypt {
 

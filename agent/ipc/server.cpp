@@ -1,4 +1,4 @@
-#include "agent/server.hpp"
+#include "agent/ipc/server.hpp"
 
 #include <grp.h>
 #include <poll.h>
@@ -18,16 +18,16 @@
 #include <system_error>
 #include <thread>
 
-#include "agent/attach.hpp"
 #include "agent/audit.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/dm.hpp"
-#include "agent/format.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "agent/log.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ops/attach.hpp"
+#include "agent/ops/format.hpp"
+#include "agent/ops/verify.hpp"
 #include "agent/secure_buffer.hpp"
 #include "agent/text.hpp"
-#include "agent/verify.hpp"
 
 namespace diskcrypt {
 

@@ -1,4 +1,4 @@
-#include "agent/header.hpp"
+#include "agent/disk/header.hpp"
 
 #include <libcryptsetup.h>
 

@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "agent/config.hpp"
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 
 namespace diskcrypt {
 

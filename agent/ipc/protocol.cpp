@@ -1,4 +1,4 @@
-#include "agent/protocol.hpp"
+#include "agent/ipc/protocol.hpp"
 
 #include <array>
 #include <set>

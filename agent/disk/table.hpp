@@ -15,7 +15,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/header.hpp"
+#include "agent/disk/header.hpp"
 
 namespace diskcrypt {
 

@@ -1,4 +1,4 @@
-#include "agent/table.hpp"
+#include "agent/disk/table.hpp"
 
 #include <openssl/rand.h>
 

@@ -1,4 +1,4 @@
-#include "agent/format.hpp"
+#include "agent/ops/format.hpp"
 
 #include <fcntl.h>
 #include <libcryptsetup.h>
@@ -13,15 +13,15 @@
 #include <chrono>
 
 #include "agent/access.hpp"
-#include "agent/associated_data.hpp"
 #include "agent/audit.hpp"
+#include "agent/disk/associated_data.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/disk/token.hpp"
 #include "agent/disk_lock.hpp"
-#include "agent/header.hpp"
 #include "agent/log.hpp"
 #include "agent/raii.hpp"
 #include "agent/secure_buffer.hpp"
 #include "agent/text.hpp"
-#include "agent/token.hpp"
 
 namespace diskcrypt {
 

@@ -1,4 +1,4 @@
-#include "agent/associated_data.hpp"
+#include "agent/disk/associated_data.hpp"
 
 #include "agent/error.hpp"
 

@@ -23,12 +23,12 @@
 #include <vector>
 
 #include "agent/config.hpp"
-#include "agent/header.hpp"
-#include "agent/protocol.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/ipc/protocol.hpp"
 
 namespace diskcrypt {
 
-// The header geometry, the PBKDF and the cipher are in agent/header.hpp:
+// The header geometry, the PBKDF and the cipher are in agent/disk/header.hpp:
 // read_header() accepts exactly what format writes.
 // The smallest usable size format accepts.
 inline constexpr std::uint64_t kMinUsableBytes = 1024ULL * 1024;

@@ -11,8 +11,8 @@
 #include <string>
 
 #include "agent/config.hpp"
-#include "agent/header.hpp"
-#include "agent/protocol.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "agent/secure_buffer.hpp"
 
 namespace diskcrypt {
