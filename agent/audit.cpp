@@ -91,6 +91,8 @@ bool is_refusal(Errc code)
         case Errc::conflict:
         case Errc::not_attached:
         case Errc::device_not_empty:
+        case Errc::incomplete:
+        case Errc::not_supported:
             return true;
         default:
             return false;

@@ -8,7 +8,7 @@ namespace diskcrypt {
 
 namespace {
 
-constexpr std::array<ErrcInfo, 18> kTable{{
+constexpr std::array<ErrcInfo, 21> kTable{{
     {Errc::internal, "internal", 1, "unexpected failure (a bug, or an unclassified system error)"},
     {Errc::usage, "usage", 2, "bad arguments"},
     {Errc::agent_unavailable, "agent-unavailable", 3, "the agent is not running or does not answer"},
@@ -28,6 +28,9 @@ constexpr std::array<ErrcInfo, 18> kTable{{
     {Errc::kernel, "kernel", 17, "device-mapper, the diskcrypt target or the kernel keyring refused"},
     {Errc::access_denied, "access-denied", 18,
      "the access policy denies a subject a permission on a KMS key or a service account"},
+    {Errc::incomplete, "incomplete", 19, "the disk is an interrupted copy or import; run the operation again"},
+    {Errc::cancelled, "cancelled", 20, "the operation was cancelled (by the caller or an agent stop)"},
+    {Errc::not_supported, "not-supported", 21, "refused by design (encryption cannot be disabled)"},
 }};
 
 }  // namespace

@@ -33,6 +33,9 @@ enum class Errc {
     conflict,           // 16: disk id or device already used by another mapping
     kernel,             // 17: device-mapper, the diskcrypt target or the keyring refused
     access_denied,      // 18: the access policy denies a subject a permission on a key or service account
+    incomplete,         // 19: the disk is an interrupted copy or import (attach refuses it; re-run resumes)
+    cancelled,          // 20: a copy was cancelled: the caller hung up, or the agent is stopping
+    not_supported,      // 21: refused by design: encryption cannot be disabled on a disk
 };
 
 struct ErrcInfo {

@@ -33,23 +33,27 @@ std::string absolute(const std::string& path)
     return ec ? path : abs.lexically_normal().string();
 }
 
+void validate_format(proto::FormatArgs& f)
+{
+    f.device = absolute(f.device);
+    validate_disk_id(f.disk_id);
+    const DiskType& type = encryptable_disk_type(f.type);
+    validate_sector_size(f.sector_size.value_or(type.profile.sector_size));
+    if (f.key) {
+        (void)parse_key_spec(*f.key);
+    }
+    validate_service_account(f.service_account);
+    validate_user_account(f.user);
+    if (f.lineage) {
+        validate_disk_id(*f.lineage, "lineage id");
+    }
+}
+
 // The checks the agent will make again, for a fast and local usage error.
 void validate(Arguments& a)
 {
     if (a.command == Command::format) {
-        auto& f = a.format;
-        f.device = absolute(f.device);
-        validate_disk_id(f.disk_id);
-        const DiskType& type = encryptable_disk_type(f.type);
-        validate_sector_size(f.sector_size.value_or(type.profile.sector_size));
-        if (f.key) {
-            (void)parse_key_spec(*f.key);
-        }
-        validate_service_account(f.service_account);
-        validate_user_account(f.user);
-        if (f.lineage) {
-            validate_disk_id(*f.lineage, "lineage id");
-        }
+        validate_format(a.format);
     } else if (a.command == Command::verify) {
         auto& v = a.verify;
         v.device = absolute(v.device);
@@ -66,6 +70,42 @@ void validate(Arguments& a)
         (void)encryptable_disk_type(t.type);
         (void)parse_key_spec(t.key);
         validate_service_account(t.service_account);
+    } else if (a.command == Command::copy) {
+        auto& c = a.copy;
+        c.device = absolute(c.device);
+        c.target_device = absolute(c.target_device);
+        validate_disk_id(c.disk_id);
+        validate_disk_id(c.target_id, "target id");
+        (void)parse_key_spec(c.key);
+        validate_service_account(c.service_account);
+        validate_user_account(c.user);
+        if (c.target_type) {
+            (void)encryptable_disk_type(*c.target_type);
+        }
+        if (c.target_service_account) {
+            validate_service_account(*c.target_service_account, "target service account");
+        }
+    } else if (a.command == Command::rewrap) {
+        auto& w = a.rewrap;
+        w.device = absolute(w.device);
+        validate_disk_id(w.disk_id);
+        if (w.type) {
+            (void)encryptable_disk_type(*w.type);
+        }
+        (void)parse_key_spec(w.key);
+        if (w.to_key) {
+            (void)parse_key_spec(*w.to_key);
+        }
+        validate_service_account(w.service_account);
+        validate_user_account(w.user);
+    } else if (a.command == Command::import_image) {
+        validate_format(a.import.format);
+        a.import.source = absolute(a.import.source);
+    } else if (a.command == Command::decrypt) {
+        validate_disk_id(a.decrypt.disk_id);
+        if (a.decrypt.device) {
+            a.decrypt.device = absolute(*a.decrypt.device);
+        }
     } else if (a.command == Command::detach) {
         validate_disk_id(a.detach.disk_id);
     } else if (a.command == Command::status && a.status.disk_id) {
@@ -156,6 +196,74 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
 
     auto* list = app.add_subcommand("list", "list the disks attached on this host");
 
+    auto* copy = app.add_subcommand(
+        "copy",
+        "make an encrypted snapshot or image of a detached disk, or a disk from an encrypted snapshot or image: the "
+        "header and ciphertext copied, the same DEK and KMS key, the secret re-wrapped for the copy's id");
+    copy->add_option("device", a.copy.device, "the source: block device or regular file")->required();
+    copy->add_option("--disk-id", a.copy.disk_id, "the source's id (disk, snapshot or image)")->required();
+    copy->add_option("--key", a.copy.key, "the source's KMS key as the control plane records it, PROVIDER:KEY_ID")
+        ->required();
+    copy->add_option("--service-account", a.copy.service_account,
+                     "the source's service account: it must hold kms.keys.decrypt on the key")
+        ->required();
+    copy->add_option("--user", a.copy.user,
+                     "the user making the copy: needs iam.serviceAccounts.use on the copy's service account and "
+                     "kms.keys.get on the key")
+        ->required();
+    copy->add_option("--to", a.copy.target_device, "the target: block device or regular file, at least as large")
+        ->required();
+    copy->add_option("--to-id", a.copy.target_id, "the copy's id")->required();
+    copy->add_option("--to-kind", a.copy.target_kind, "disk, snapshot or image")
+        ->required()
+        ->check(CLI::IsMember({"disk", "snapshot", "image"}));
+    copy->add_option("--type", a.copy.target_type, "a disk's type (only with --to-kind disk, and required there)");
+    copy->add_option("--to-service-account", a.copy.target_service_account,
+                     "the copy's service account (default: the source's); it must hold kms.keys.encrypt on the key");
+    copy->add_flag("--force", a.copy.force, "overwrite a target that holds a LUKS header or a filesystem");
+
+    auto* rewrap = app.add_subcommand(
+        "rewrap",
+        "wrap DEVICE's secret again: under the key's current version, or another key (--to-key); data "
+        "untouched, the disk may be attached");
+    rewrap->add_option("device", a.rewrap.device, "block device or regular file")->required();
+    rewrap->add_option("--disk-id", a.rewrap.disk_id, "the disk id")->required();
+    rewrap->add_option("--type", a.rewrap.type, "the disk's type (checked against the header when given)");
+    rewrap->add_option("--key", a.rewrap.key, "the disk's current KMS key, PROVIDER:KEY_ID")->required();
+    rewrap
+        ->add_option("--service-account", a.rewrap.service_account,
+                     "the disk's service account: kms.keys.decrypt on the current key, kms.keys.encrypt on the new")
+        ->required();
+    rewrap->add_option("--user", a.rewrap.user, "the acting user (kms.keys.get on the new key)")->required();
+    rewrap->add_option("--to-key", a.rewrap.to_key, "the new key, PROVIDER:KEY_ID (default: --key's current version)");
+
+    unsigned import_sector_size = 0;
+    auto* imp = app.add_subcommand(
+        "import",
+        "make DEVICE an encrypted disk holding the unencrypted image SOURCE (a raw file or block device): "
+        "formatted as by format, the image written through the kernel target");
+    imp->add_option("device", a.import.format.device, "the new disk's block device")->required();
+    imp->add_option("--image", a.import.source, "the unencrypted source: a raw image file or block device")->required();
+    imp->add_option("--disk-id", a.import.format.disk_id, "the new disk's id")->required();
+    imp->add_option("--type", a.import.format.type,
+                    "disk type: network-hdd, network-ssd, network-ssd-nonreplicated, network-ssd-io-m3")
+        ->required();
+    imp->add_option("--key", a.import.format.key, "KMS key as PROVIDER:KEY_ID (default: the agent's default_key)");
+    imp->add_option("--service-account", a.import.format.service_account,
+                    "the disk's service account (kms.keys.encrypt on the key)")
+        ->required();
+    imp->add_option("--user", a.import.format.user,
+                    "the acting user (iam.serviceAccounts.use on the service account, kms.keys.get on the key)")
+        ->required();
+    imp->add_option("--lineage", a.import.format.lineage, "id of the image or snapshot the disk comes from");
+    auto* imp_ss = imp->add_option("--sector-size", import_sector_size, "encryption sector size (default: by type)");
+    imp->add_flag("--force", a.import.format.force, "overwrite a device that holds a LUKS header or a filesystem");
+
+    auto* decrypt = app.add_subcommand("decrypt", "refused: encryption cannot be disabled on a disk");
+    std::string decrypt_device;
+    decrypt->add_option("disk-id", a.decrypt.disk_id, "the disk id")->required();
+    auto* decrypt_dev = decrypt->add_option("--device", decrypt_device, "its device");
+
     exit_code = 0;
     try {
         app.parse(argc, argv);
@@ -181,6 +289,20 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
         a.command = Command::detach;
     } else if (list->parsed()) {
         a.command = Command::list;
+    } else if (copy->parsed()) {
+        a.command = Command::copy;
+    } else if (rewrap->parsed()) {
+        a.command = Command::rewrap;
+    } else if (imp->parsed()) {
+        a.command = Command::import_image;
+        if (imp_ss->count() > 0) {
+            a.import.format.sector_size = import_sector_size;
+        }
+    } else if (decrypt->parsed()) {
+        a.command = Command::decrypt;
+        if (decrypt_dev->count() > 0) {
+            a.decrypt.device = decrypt_device;
+        }
     }
     try {
         validate(a);

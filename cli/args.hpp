@@ -13,17 +13,21 @@ namespace diskcrypt::cli {
 
 inline constexpr std::string_view kDefaultSocket = "/run/diskcrypt/agent.sock";
 
-enum class Command { format, verify, status, attach, detach, list };
+enum class Command { format, verify, status, attach, detach, list, copy, rewrap, decrypt, import_image };
 
 struct Arguments {
     Command command = Command::status;
     std::string socket = std::string(kDefaultSocket);
     bool json = false;
-    proto::FormatArgs format;  // for Command::format
-    proto::VerifyArgs verify;  // for Command::verify
-    proto::AttachArgs attach;  // for Command::attach
-    proto::DetachArgs detach;  // for Command::detach
-    proto::StatusArgs status;  // for Command::status
+    proto::FormatArgs format;    // for Command::format
+    proto::VerifyArgs verify;    // for Command::verify
+    proto::AttachArgs attach;    // for Command::attach
+    proto::DetachArgs detach;    // for Command::detach
+    proto::StatusArgs status;    // for Command::status
+    proto::CopyArgs copy;        // for Command::copy
+    proto::RewrapArgs rewrap;    // for Command::rewrap
+    proto::DecryptArgs decrypt;  // for Command::decrypt
+    proto::ImportArgs import;    // for Command::import_image
 };
 
 // Parses argv (argv[0] is the program name). On --help, a usage error or an

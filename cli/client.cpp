@@ -12,7 +12,8 @@
 
 namespace diskcrypt::cli {
 
-proto::Response call_agent(const std::string& socket_path, const std::string& request)
+proto::Response call_agent(const std::string& socket_path, const std::string& request,
+                           const std::function<void(const nlohmann::json&)>& on_progress)
 {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -52,6 +53,22 @@ proto::Response call_agent(const std::string& socket_path, const std::string& re
             n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC);
         } while (n < 0 && errno == EINTR);
     }
+    // Progress messages come before the response.
+    for (;;) {
+        if (n <= 0 || static_cast<std::size_t>(n) > proto::kMaxMessage) {
+            break;
+        }
+        proto::Response r = proto::parse_response(std::string_view(buf.data(), static_cast<std::size_t>(n)));
+        if (!r.progress) {
+            return r;
+        }
+        if (on_progress) {
+            on_progress(*r.progress);
+        }
+        do {
+            n = recv(fd.get(), buf.data(), buf.size(), MSG_TRUNC);
+        } while (n < 0 && errno == EINTR);
+    }
     if (n < 0) {
         const int e = errno;
         throw Error(Errc::agent_unavailable,
@@ -68,7 +85,7 @@ proto::Response call_agent(const std::string& socket_path, const std::string& re
         throw Error(Errc::protocol,
                     "the agent's response is larger than " + std::to_string(proto::kMaxMessage) + " bytes");
     }
-    return proto::parse_response(std::string_view(buf.data(), static_cast<std::size_t>(n)));
+    throw Error(Errc::protocol, "unreachable: a response was neither returned nor refused");
 }
 
 proto::Response list_all(const std::function<proto::Response(const std::string& request)>& call)

@@ -1,4 +1,4 @@
-// The CLI's side of the agent protocol: one request, one response.
+// The CLI's side of the agent protocol: one request, progress messages, one response.
 #pragma once
 
 #include <functional>
@@ -14,8 +14,10 @@ inline constexpr int kResponseTimeoutSeconds = 120;
 // Sends `request` to the agent at `socket_path` and returns its parsed
 // response. Error(agent_unavailable) if the agent cannot be reached or does
 // not answer in time, Error(permission_denied) if the socket refuses the
-// caller, Error(protocol) if the answer is malformed.
-proto::Response call_agent(const std::string& socket_path, const std::string& request);
+// caller, Error(protocol) if the answer is malformed. Progress messages of a
+// long operation go to `on_progress` (each one restarts the timeout).
+proto::Response call_agent(const std::string& socket_path, const std::string& request,
+                           const std::function<void(const nlohmann::json&)>& on_progress = {});
 
 // Every attached disk: `list` page by page (each request through `call`,
 // `after` = the previous page's `next`) until a page has no `next`. Returns

@@ -43,10 +43,25 @@ int main(int argc, char** argv)
             case cli::Command::detach:
                 request = proto::encode_request("detach", proto::to_json(args->detach));
                 break;
+            case cli::Command::copy:
+                request = proto::encode_request("copy", proto::to_json(args->copy));
+                break;
+            case cli::Command::rewrap:
+                request = proto::encode_request("rewrap", proto::to_json(args->rewrap));
+                break;
+            case cli::Command::import_image:
+                request = proto::encode_request("import", proto::to_json(args->import));
+                break;
+            case cli::Command::decrypt:
+                request = proto::encode_request("decrypt", proto::to_json(args->decrypt));
+                break;
             case cli::Command::list:
                 break;  // above
         }
-        const proto::Response r = cli::call_agent(args->socket, request);
+        cli::ProgressPrinter progress(args->json, std::cout, std::cerr);
+        const proto::Response r =
+            cli::call_agent(args->socket, request, [&](const nlohmann::json& p) { progress.update(p); });
+        progress.finish();
         if (!r.ok) {
             cli::print_error(r.code, r.message, r.hint, args->json, std::cout, std::cerr);
             return exit_status(r.code);

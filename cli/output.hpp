@@ -18,6 +18,23 @@ void print_error(Errc code, const std::string& message, const std::string& hint,
 // A successful result of `command`.
 void print_result(Command command, const nlohmann::json& result, bool json, std::ostream& out);
 
+// Progress messages of a long operation: JSON lines on `out` with --json, a
+// progress bar on `err` when it is a terminal, nothing otherwise.
+class ProgressPrinter {
+public:
+    ProgressPrinter(bool json, std::ostream& out, std::ostream& err);
+    void update(const nlohmann::json& progress);
+    // Ends the bar's line, if one was drawn.
+    void finish();
+
+private:
+    bool json_;
+    bool tty_;
+    bool shown_ = false;
+    std::ostream& out_;
+    std::ostream& err_;
+};
+
 // "63.0 MiB".
 std::string human_size(unsigned long long bytes);
 

@@ -27,6 +27,7 @@
 #define DC_IV_BYTES		16
 #define DC_MAX_INLINE_DEPTH	65536
 #define DC_DEFAULT_INLINE_DEPTH	1
+#define DC_BUSY_HOLD_MS		10	/* see dc_inline() */
 #define DC_CIPHER_DEFAULT	"aes-xts-plain64"
 #define DC_ALG_NAME		"xts(aes)"
 
@@ -71,6 +72,7 @@ struct dc_config {
 	bool inline_depth_set;		/* given in the table */
 	unsigned long flags;
 	atomic_t inflight;		/* read and write bios not yet completed */
+	unsigned long busy_until;	/* jiffies: no inline crypto before */
 
 	char *cipher_string;		/* as given in the table */
 	char *key_desc;			/* keyring description, never key bytes */

@@ -511,10 +511,32 @@ static void dc_start_convert(struct dc_io *io, struct bio *out)
  * bios are in flight than inline_depth (default 1: a lone bio is always
  * inline), the device's queue, not the crypto, sets the latency, and the
  * unbound workqueue spreads the crypto over the idle CPUs.
+ *
+ * The count alone feeds on itself: a submitter that encrypts its writes
+ * inline submits no faster than it encrypts, so its queue drains between
+ * writes and the count stays low, which keeps the crypto inline (4 KiB
+ * random writes at queue depth 32 ran at 0.92x dm-crypt's defaults, against
+ * 1.07x with inline_depth:0). So a count above inline_depth, seen at any
+ * map(), also keeps the crypto off the submitters for DC_BUSY_HOLD_MS
+ * (dc->busy_until); a submitter that waits for each bio (queue depth 1)
+ * never raises the count and stays inline.
  */
 static bool dc_inline(struct dc_config *dc)
 {
-	return (unsigned int)atomic_read(&dc->inflight) <= dc->inline_depth;
+	return (unsigned int)atomic_read(&dc->inflight) <= dc->inline_depth &&
+	       !time_before(jiffies, READ_ONCE(dc->busy_until));
+}
+
+/* At map(): a count above inline_depth starts (or extends) a busy spell. */
+static void dc_note_inflight(struct dc_config *dc, unsigned int inflight)
+{
+	unsigned long until;
+
+	if (likely(inflight <= dc->inline_depth))
+		return;
+	until = jiffies + msecs_to_jiffies(DC_BUSY_HOLD_MS);
+	if (READ_ONCE(dc->busy_until) != until)
+		WRITE_ONCE(dc->busy_until, until);
 }
 
 /* Writes */
@@ -718,7 +740,7 @@ int dc_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_KILL;
 	}
 
-	atomic_inc(&dc->inflight);
+	dc_note_inflight(dc, atomic_inc_return(&dc->inflight));
 	io = dm_per_bio_data(bio, dc->per_io_size);
 	io->dc = dc;
 	io->base_bio = bio;

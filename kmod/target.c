@@ -87,6 +87,7 @@ static int dc_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	dc->sector_size = SECTOR_SIZE;
 	dc->inline_depth = DC_DEFAULT_INLINE_DEPTH;
 	atomic_set(&dc->inflight, 0);
+	dc->busy_until = jiffies;
 	mutex_init(&dc->alloc_lock);
 	mutex_init(&dc->key_lock);
 

@@ -419,4 +419,15 @@ DiskHeader read_header(crypt_device* cd, const std::string& device)
     return h;
 }
 
+void replace_token(const std::string& path, const std::string& shown, int token_id, const Token& token)
+{
+    const CryptDevice cd = open_luks2(path, shown);
+    const int r = crypt_token_json_set(cd.get(), token_id, encode_token(token).c_str());
+    if (r != token_id) {
+        throw Error(Errc::device,
+                    errno_text("device " + shown + ": replacing the diskcrypt-kms token", r < 0 ? -r : EIO),
+                    "the old token is still in place (LUKS2 updates its metadata atomically); retry");
+    }
+}
+
 }  // namespace diskcrypt

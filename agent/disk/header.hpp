@@ -75,6 +75,11 @@ CryptDevice open_luks2(const std::string& path, const std::string& shown);
 // the device (`device`, escaped) and the field. No KMS call, no key derivation.
 DiskHeader read_header(crypt_device* cd, const std::string& device);
 
+// Replaces token `token_id` of the header on `path` (named `shown` in
+// messages) with `token`, in one LUKS2 metadata update (both copies, a new
+// sequence id: a crash leaves the old token or the new one). Error(device).
+void replace_token(const std::string& path, const std::string& shown, int token_id, const Token& token);
+
 // The checks of read_header() on the LUKS2 metadata as crypt_dump_json()
 // shows it (exposed for tests): exactly one keyslot (luks2, 512-bit key,
 // PBKDF2-SHA256 at kPbkdfIterations, LUKS1 AF 4000 stripes SHA-256, raw area

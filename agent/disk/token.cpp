@@ -5,6 +5,7 @@
 #include <set>
 #include <vector>
 
+#include "agent/disk/header.hpp"
 #include "agent/encoding.hpp"
 #include "agent/error.hpp"
 #include "agent/text.hpp"
@@ -102,6 +103,31 @@ public:
             fail("field " + name(key) + " must be an integer, not " + type_of(v));
         }
         return v.get<long long>();
+    }
+
+    // A byte count: a non-negative integer below 2^62.
+    std::uint64_t size(const std::string& key)
+    {
+        const json& v = required(key);
+        if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<long long>() >= 0)) {
+            fail("field " + name(key) + " must be a non-negative integer, not " + type_of(v));
+        }
+        const auto n = v.get<std::uint64_t>();
+        if (n >= (std::uint64_t{1} << 62U)) {
+            fail("field " + name(key) + " is too large");
+        }
+        return n;
+    }
+
+    ResourceKind kind(const std::string& key)
+    {
+        const std::string text = string(key);
+        const auto k = kind_from_name(text);
+        if (!k) {
+            fail("field " + name(key) + R"( must be "disk", "snapshot" or "image", not ')" +
+                 printable(raw_bytes(text), 40) + "'");
+        }
+        return *k;
     }
 
     std::vector<std::uint8_t> base64(const std::string& key, std::size_t size)
@@ -221,6 +247,29 @@ json parse_strict(std::string_view text)
 
 }  // namespace
 
+std::string_view kind_name(ResourceKind kind)
+{
+    switch (kind) {
+        case ResourceKind::disk:
+            return "disk";
+        case ResourceKind::snapshot:
+            return "snapshot";
+        case ResourceKind::image:
+            return "image";
+    }
+    return "disk";
+}
+
+std::optional<ResourceKind> kind_from_name(std::string_view name)
+{
+    for (const auto k : {ResourceKind::disk, ResourceKind::snapshot, ResourceKind::image}) {
+        if (kind_name(k) == name) {
+            return k;
+        }
+    }
+    return std::nullopt;
+}
+
 std::string encode_token(const Token& t)
 {
     json key = {{"provider", t.key.provider},
@@ -236,6 +285,13 @@ std::string encode_token(const Token& t)
     if (t.service_account) {
         disk["service_account"] = *t.service_account;
     }
+    if (t.kind != ResourceKind::disk) {
+        disk["kind"] = kind_name(t.kind);
+    }
+    if (t.origin) {
+        disk["origin"] = {
+            {"kind", kind_name(t.origin->kind)}, {"id", t.origin->id}, {"luks_uuid", t.origin->luks_uuid}};
+    }
     json j = {{"type", kTokenType},
               {"keyslots", json::array({std::to_string(t.keyslot)})},
               {"version", kTokenVersion},
@@ -243,6 +299,10 @@ std::string encode_token(const Token& t)
               {"wrap", wrap},
               {"disk", disk},
               {"created", t.created}};
+    if (t.incomplete) {
+        j["incomplete"] = {
+            {"operation", t.incomplete->operation}, {"done", t.incomplete->done}, {"total", t.incomplete->total}};
+    }
     std::string text = j.dump();
     // Round-trip through the strict decoder: never write a token we would refuse.
     (void)decode_token(text);
@@ -319,7 +379,41 @@ Token decode_token(std::string_view text)
             t.service_account =
                 disk.checked("service_account", [](std::string_view v) { validate_service_account(v); });
         }
+        if (disk.has("kind")) {
+            t.kind = disk.kind("kind");
+            if (t.kind == ResourceKind::disk) {
+                fail("field 'disk.kind' is written only for a snapshot or an image");
+            }
+        }
+        if (disk.has("origin")) {
+            Fields origin(disk.required("origin"), "disk.origin");
+            Origin o;
+            o.kind = origin.kind("kind");
+            o.id = origin.checked("id", validate_disk_id_field);
+            o.luks_uuid = origin.checked("luks_uuid", [](std::string_view v) {
+                if (!is_luks_uuid(v)) {
+                    throw Error(Errc::usage, "not a LUKS2 UUID (8-4-4-4-12 hex digits)");
+                }
+            });
+            origin.finish();
+            t.origin = o;
+        }
         disk.finish();
+    }
+    if (top.has("incomplete")) {
+        Fields inc(top.required("incomplete"), "incomplete");
+        Incomplete i;
+        i.operation = inc.string("operation");
+        if (i.operation != "copy" && i.operation != "import") {
+            fail(R"(field 'incomplete.operation' must be "copy" or "import")");
+        }
+        i.done = inc.size("done");
+        i.total = inc.size("total");
+        if (i.done > i.total) {
+            fail("field 'incomplete.done' is larger than 'incomplete.total'");
+        }
+        inc.finish();
+        t.incomplete = i;
     }
     t.created = top.checked("created", validate_timestamp);
     top.finish();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +24,29 @@ inline constexpr int kTokenVersion = 1;
 inline constexpr std::size_t kMaxTokenBytes = 4096;
 inline constexpr std::size_t kSecretBytes = 32;
 
+// What a header describes (`disk.kind`; absent in the JSON means a disk).
+// Only a disk is ever attached; snapshots and images are sources of copies.
+enum class ResourceKind { disk, snapshot, image };
+std::string_view kind_name(ResourceKind kind);
+std::optional<ResourceKind> kind_from_name(std::string_view name);
+
+// Where a copy came from (`disk.origin`): the source's kind, id and LUKS2
+// UUID. Informational (lineage, audit), and the key of a resumed copy.
+struct Origin {
+    ResourceKind kind = ResourceKind::disk;
+    std::string id;
+    std::string luks_uuid;
+};
+
+// A copy that has not finished (`incomplete`): which operation, how many
+// bytes of the data area are known to be written (and flushed), of how many.
+// attach and verify refuse such a header; re-running the operation resumes.
+struct Incomplete {
+    std::string operation;  // "copy" or "import"
+    std::uint64_t done = 0;
+    std::uint64_t total = 0;
+};
+
 struct Token {
     int keyslot = 0;
     KeyRef key;                  // authoritative (with the caller's disk id, it forms the AD)
@@ -34,6 +58,9 @@ struct Token {
     std::string lineage_id;      // informational (audit)
     std::optional<std::string> service_account;  // informational: the disk's at format; attach takes the caller's
     std::string created;                         // informational, RFC 3339 UTC
+    ResourceKind kind = ResourceKind::disk;      // checked: attach takes only a disk
+    std::optional<Origin> origin;                // informational (lineage)
+    std::optional<Incomplete> incomplete;        // checked: attach and verify refuse it
 };
 
 std::string encode_token(const Token& token);

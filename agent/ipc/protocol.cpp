@@ -25,8 +25,27 @@ struct OpSpec {
     std::vector<ArgSpec> args;
 };
 
+// format's arguments; import takes them and its source.
+std::vector<ArgSpec> format_spec()
+{
+    return {{"device", ArgType::string, true},
+            {"disk_id", ArgType::string, true},
+            {"type", ArgType::string, true},
+            {"key", ArgType::string, false},
+            {"service_account", ArgType::string, true},
+            {"user", ArgType::string, true},
+            {"lineage", ArgType::string, false},
+            {"sector_size", ArgType::uint, false},
+            {"force", ArgType::boolean, false}};
+}
+
 const std::vector<OpSpec>& ops()
 {
+    static const std::vector<ArgSpec> import_spec = [] {
+        std::vector<ArgSpec> v = format_spec();
+        v.push_back({"source", ArgType::string, true});
+        return v;
+    }();
     static const std::vector<OpSpec> kOps{
         {"status", {{"disk_id", ArgType::string, false}}},
         {"list", {{"after", ArgType::string, false}}},
@@ -38,22 +57,35 @@ const std::vector<OpSpec>& ops()
           {"service_account", ArgType::string, true},
           {"allow_discards", ArgType::boolean, false}}},
         {"detach", {{"disk_id", ArgType::string, true}, {"force", ArgType::boolean, false}}},
-        {"format",
-         {{"device", ArgType::string, true},
-          {"disk_id", ArgType::string, true},
-          {"type", ArgType::string, true},
-          {"key", ArgType::string, false},
-          {"service_account", ArgType::string, true},
-          {"user", ArgType::string, true},
-          {"lineage", ArgType::string, false},
-          {"sector_size", ArgType::uint, false},
-          {"force", ArgType::boolean, false}}},
+        {"format", format_spec()},
         {"verify",
          {{"device", ArgType::string, true},
           {"disk_id", ArgType::string, true},
           {"type", ArgType::string, false},
           {"key", ArgType::string, true},
           {"service_account", ArgType::string, true}}},
+        {"copy",
+         {{"device", ArgType::string, true},
+          {"disk_id", ArgType::string, true},
+          {"key", ArgType::string, true},
+          {"service_account", ArgType::string, true},
+          {"user", ArgType::string, true},
+          {"target_device", ArgType::string, true},
+          {"target_id", ArgType::string, true},
+          {"target_kind", ArgType::string, true},
+          {"target_type", ArgType::string, false},
+          {"target_service_account", ArgType::string, false},
+          {"force", ArgType::boolean, false}}},
+        {"rewrap",
+         {{"device", ArgType::string, true},
+          {"disk_id", ArgType::string, true},
+          {"type", ArgType::string, false},
+          {"key", ArgType::string, true},
+          {"service_account", ArgType::string, true},
+          {"user", ArgType::string, true},
+          {"to_key", ArgType::string, false}}},
+        {"import", import_spec},
+        {"decrypt", {{"device", ArgType::string, false}, {"disk_id", ArgType::string, true}}},
     };
     return kOps;
 }
@@ -228,10 +260,23 @@ std::string encode_error(const Error& error)
     return dump_json(json{{"protocol", kVersion}, {"ok", false}, {"error", e}});
 }
 
+std::string encode_progress(const json& progress)
+{
+    return dump_json(json{{"protocol", kVersion}, {"progress", progress}});
+}
+
 Response parse_response(std::string_view text)
 {
     const json j = parse_object(text, "response");
     check_version(j, "response");
+    if (const auto p = j.find("progress"); p != j.end() && !j.contains("ok")) {
+        if (!p->is_object()) {
+            fail("progress message: 'progress' must be an object");
+        }
+        Response r;
+        r.progress = *p;
+        return r;
+    }
     const auto ok = j.find("ok");
     if (ok == j.end() || !ok->is_boolean()) {
         fail("response has no boolean 'ok' field");
@@ -364,6 +409,102 @@ json to_json(const StatusArgs& a)
     json j = json::object();
     if (a.disk_id) {
         j["disk_id"] = *a.disk_id;
+    }
+    return j;
+}
+
+CopyArgs copy_args(const json& args)
+{
+    CopyArgs a;
+    a.device = args.at("device").get<std::string>();
+    a.disk_id = args.at("disk_id").get<std::string>();
+    a.key = args.at("key").get<std::string>();
+    a.service_account = args.at("service_account").get<std::string>();
+    a.user = args.at("user").get<std::string>();
+    a.target_device = args.at("target_device").get<std::string>();
+    a.target_id = args.at("target_id").get<std::string>();
+    a.target_kind = args.at("target_kind").get<std::string>();
+    a.target_type = opt<std::string>(args, "target_type");
+    a.target_service_account = opt<std::string>(args, "target_service_account");
+    a.force = opt<bool>(args, "force").value_or(false);
+    return a;
+}
+
+json to_json(const CopyArgs& a)
+{
+    json j = {{"device", a.device},
+              {"disk_id", a.disk_id},
+              {"key", a.key},
+              {"service_account", a.service_account},
+              {"user", a.user},
+              {"target_device", a.target_device},
+              {"target_id", a.target_id},
+              {"target_kind", a.target_kind}};
+    if (a.target_type) {
+        j["target_type"] = *a.target_type;
+    }
+    if (a.target_service_account) {
+        j["target_service_account"] = *a.target_service_account;
+    }
+    if (a.force) {
+        j["force"] = true;
+    }
+    return j;
+}
+
+RewrapArgs rewrap_args(const json& args)
+{
+    RewrapArgs a;
+    a.device = args.at("device").get<std::string>();
+    a.disk_id = args.at("disk_id").get<std::string>();
+    a.type = opt<std::string>(args, "type");
+    a.key = args.at("key").get<std::string>();
+    a.service_account = args.at("service_account").get<std::string>();
+    a.user = args.at("user").get<std::string>();
+    a.to_key = opt<std::string>(args, "to_key");
+    return a;
+}
+
+json to_json(const RewrapArgs& a)
+{
+    json j = {{"device", a.device},
+              {"disk_id", a.disk_id},
+              {"key", a.key},
+              {"service_account", a.service_account},
+              {"user", a.user}};
+    if (a.type) {
+        j["type"] = *a.type;
+    }
+    if (a.to_key) {
+        j["to_key"] = *a.to_key;
+    }
+    return j;
+}
+
+ImportArgs import_args(const json& args)
+{
+    json rest = args;
+    rest.erase("source");
+    return ImportArgs{format_args(rest), args.at("source").get<std::string>()};
+}
+
+json to_json(const ImportArgs& a)
+{
+    json j = to_json(a.format);
+    j["source"] = a.source;
+    return j;
+}
+
+DecryptArgs decrypt_args(const json& args)
+{
+    return DecryptArgs{opt<std::string>(args, "device"), args.at("disk_id").get<std::string>()};
+}
+
+json to_json(const DecryptArgs& a)
+{
+    json j = {{"disk_id", a.disk_id}};
+    if (a.device) {
+        j["device"] = *a.device;
     }
     return j;
 }

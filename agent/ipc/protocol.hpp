@@ -9,6 +9,13 @@
 //   failure  {"protocol": 1, "ok": false,
 //             "error": {"code": "kms-key", "exit": 10, "message": "...", "hint": "..."}}
 //
+// A long operation (copy) may send progress messages before its response:
+//
+//   progress {"protocol": 1, "progress": {"operation": "copy", "done": ..., "total": ..., ...}}
+//
+// They are best effort (dropped when the client does not read). A client
+// that closes its connection during an operation cancels it.
+//
 // Parsing is strict: unknown ops, unknown or duplicate arguments and wrong
 // types are refused with Error(protocol); argument values are checked by the
 // operation itself (Error(usage)). Every message this side writes is dumped
@@ -53,10 +60,12 @@ struct Response {
     Errc code = Errc::internal;
     std::string message;
     std::string hint;
+    std::optional<nlohmann::json> progress;  // a progress message: not the response yet
 };
 
 std::string encode_result(const nlohmann::json& result);
 std::string encode_error(const Error& error);
+std::string encode_progress(const nlohmann::json& progress);
 // Validates a response; Error(protocol) if it is malformed.
 Response parse_response(std::string_view text);
 
@@ -102,6 +111,59 @@ struct AttachArgs {
 };
 AttachArgs attach_args(const nlohmann::json& args);
 nlohmann::json to_json(const AttachArgs& a);
+
+// Arguments of "copy": an encrypted disk, snapshot or image from an
+// encrypted source (agent/ops/copy.hpp). The source's claims as attach takes
+// them (device, disk id, key, its service account); the copy's device, id,
+// kind ("disk", "snapshot", "image"), type (a disk's; a snapshot or image
+// keeps the source's) and service account (the source's by default).
+struct CopyArgs {
+    std::string device;
+    std::string disk_id;
+    std::string key;
+    std::string service_account;
+    std::string user;
+    std::string target_device;
+    std::string target_id;
+    std::string target_kind;
+    std::optional<std::string> target_type;
+    std::optional<std::string> target_service_account;
+    bool force = false;
+};
+CopyArgs copy_args(const nlohmann::json& args);
+nlohmann::json to_json(const CopyArgs& a);
+
+// Arguments of "rewrap": the disk's claims (as verify), the acting user, and
+// the key to move to (the same key's current version if absent).
+struct RewrapArgs {
+    std::string device;
+    std::string disk_id;
+    std::optional<std::string> type;
+    std::string key;
+    std::string service_account;
+    std::string user;
+    std::optional<std::string> to_key;
+};
+RewrapArgs rewrap_args(const nlohmann::json& args);
+nlohmann::json to_json(const RewrapArgs& a);
+
+// Arguments of "import": format's, and the unencrypted source (a raw image
+// file or block device) streamed into the new disk.
+struct ImportArgs {
+    FormatArgs format;
+    std::string source;
+};
+ImportArgs import_args(const nlohmann::json& args);
+nlohmann::json to_json(const ImportArgs& a);
+
+// Arguments of "decrypt", which is always refused (encryption cannot be
+// disabled); it exists so that the refusal is explicit and audited.
+struct DecryptArgs {
+    std::optional<std::string> device;
+    std::string disk_id;
+};
+DecryptArgs decrypt_args(const nlohmann::json& args);
+nlohmann::json to_json(const DecryptArgs& a);
 
 // Arguments of "detach".
 struct DetachArgs {

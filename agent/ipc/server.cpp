@@ -24,7 +24,10 @@
 #include "agent/ipc/protocol.hpp"
 #include "agent/log.hpp"
 #include "agent/ops/attach.hpp"
+#include "agent/ops/copy.hpp"
 #include "agent/ops/format.hpp"
+#include "agent/ops/import.hpp"
+#include "agent/ops/rewrap.hpp"
 #include "agent/ops/verify.hpp"
 #include "agent/secure_buffer.hpp"
 #include "agent/text.hpp"
@@ -277,6 +280,13 @@ std::optional<StatusGroup> activated_status_group(const AgentConfig& cfg, const 
 
 Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& peer, std::string_view request)
 {
+    NoChannel none;
+    return handle(cfg, state, peer, request, none);
+}
+
+Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& peer, std::string_view request,
+               OpChannel& channel)
+{
     Handled out;
     out.op = "?";
     audit::Scope scope(caller_context(peer, ""));
@@ -340,6 +350,41 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
                      " luks_uuid=" + a.disk.luks_uuid + (a.already_attached ? " (already attached)" : "") + " in " +
                      std::to_string(a.elapsed_ms) + " ms");
             result = to_json(a);
+        } else if (r.op == "copy") {
+            const CopyResult c = copy_disk(cfg, proto::copy_args(r.args), channel);
+            ctx.luks_uuid = c.target_luks_uuid;
+            note = "copied " + std::string(kind_name(c.source_kind)) + " " + c.source_id + " to " +
+                   std::string(kind_name(c.target_kind)) + " " + c.target_id;
+            log_info("copy done: " + note + " device=" + c.target_device + " luks_uuid=" + c.target_luks_uuid +
+                     " bytes=" + std::to_string(c.copied_bytes) +
+                     (c.resumed_from > 0 ? " resumed_from=" + std::to_string(c.resumed_from) : "") + " in " +
+                     std::to_string(c.elapsed_ms) + " ms");
+            result = to_json(c);
+        } else if (r.op == "import") {
+            const ImportResult i = import_disk(cfg, proto::import_args(r.args), channel);
+            ctx.luks_uuid = i.format.luks_uuid;
+            ctx.key = i.format.key;
+            note = "imported " + i.source + " (" + std::to_string(i.source_bytes) + " bytes)";
+            log_info("import done: disk=" + i.format.disk_id + " device=" + i.format.device + " " + note +
+                     " encrypted=" + std::to_string(i.encrypted_bytes) + " zeroed=" + std::to_string(i.zeroed_bytes) +
+                     " in " + std::to_string(i.copy_ms) + " ms");
+            result = to_json(i);
+        } else if (r.op == "rewrap") {
+            const RewrapResult w = rewrap_disk(cfg, proto::rewrap_args(r.args));
+            ctx.luks_uuid = w.luks_uuid;
+            ctx.key = w.to;
+            note = "rewrapped from " + w.from.spec() + " version " + w.from.version + " to " + w.to.spec() +
+                   " version " + w.to.version;
+            log_info("rewrap done: disk=" + w.disk_id + " " + note);
+            result = to_json(w);
+        } else if (r.op == "decrypt") {
+            const proto::DecryptArgs a = proto::decrypt_args(r.args);
+            validate_disk_id(a.disk_id);
+            throw Error(Errc::not_supported,
+                        "disk " + a.disk_id +
+                            ": encryption cannot be disabled on a disk once it is enabled; no command decrypts a "
+                            "disk in place",
+                        "to have the data unencrypted, copy it inside the VM to an unencrypted disk");
         } else if (r.op == "detach") {
             const DetachResult d = detach_disk(cfg, proto::detach_args(r.args));
             note = d.forced ? (d.deferred ? "forced, removal deferred until closed" : "forced") : "detached";
@@ -719,6 +764,32 @@ bool Server::leave_request(int fd)
     return !c.abandoned;
 }
 
+namespace {
+
+// A connection's channel: progress messages sent without waiting (dropped
+// when the client does not read them), a hang-up is a cancellation.
+class ConnectionChannel final : public OpChannel {
+public:
+    explicit ConnectionChannel(int fd) : fd_(fd) {}
+
+    void progress(const json& update) override
+    {
+        const std::string msg = proto::encode_progress(update);
+        (void)send(fd_, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+
+    [[nodiscard]] bool cancelled() override
+    {
+        pollfd p{fd_, POLLRDHUP, 0};
+        return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+    }
+
+private:
+    int fd_;
+};
+
+}  // namespace
+
 void Server::serve_connection(const FileDescriptor& conn, const Peer& peer)
 {
     const auto accepted = std::chrono::steady_clock::now();
@@ -766,7 +837,8 @@ void Server::serve_connection(const FileDescriptor& conn, const Peer& peer)
             h.response = proto::encode_error(Error(Errc::protocol, h.message));
         } else {
             try {
-                h = handle(cfg_, state_, peer, std::string_view(buf.data(), static_cast<std::size_t>(n)));
+                ConnectionChannel channel(conn.get());
+                h = handle(cfg_, state_, peer, std::string_view(buf.data(), static_cast<std::size_t>(n)), channel);
             } catch (...) {  // the last resort: answer, log, serve on
                 h = Handled{};
                 h.response = proto::encode_error(Error(Errc::internal, "unexpected failure handling the request",

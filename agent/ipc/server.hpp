@@ -47,6 +47,7 @@
 
 #include "agent/config.hpp"
 #include "agent/error.hpp"
+#include "agent/ops/channel.hpp"
 #include "agent/raii.hpp"
 
 namespace diskcrypt {
@@ -95,7 +96,11 @@ struct Handled {
 
 // Handles one request text from `peer`. Never throws: every failure becomes
 // an error response (an unexpected one: code internal).
+// A long operation (copy) reports progress and learns of a cancellation
+// through `channel`; the first form gives it none.
 Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& peer, std::string_view request);
+Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& peer, std::string_view request,
+               OpChannel& channel);
 
 // handle() for one request on its own: refusals are logged and audited
 // (a summary of one). The status group is the configuration's.

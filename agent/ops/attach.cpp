@@ -248,6 +248,32 @@ void load_mapping(const std::string& disk_id, const CryptTable& table, const Sec
 
 }  // namespace
 
+CryptTable disk_table(const AgentConfig& cfg, const DiskHeader& header, const OpenedDevice& dev, bool allow_discards)
+{
+    CryptTable table = table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "", allow_discards);
+    apply_profile(table, cfg.profile(header.token.disk_type));
+    return table;
+}
+
+void map_disk(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev, const std::string& disk_id,
+              CryptTable table, const SecureBuffer& secret)
+{
+    SecureBuffer dek(kDekBytes);
+    std::size_t dek_size = dek.size();
+    const int rc =
+        crypt_volume_key_get(cd, header.token.keyslot, dek.chars(), &dek_size, secret.chars(), secret.size());
+    if (rc < 0 || dek_size != static_cast<std::size_t>(kDekBytes)) {
+        throw Error(Errc::header,
+                    "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
+                        std::to_string(header.token.keyslot),
+                    "the token and the keyslot do not belong together; restore a header backup");
+    }
+    table.key_description = new_key_description(header.luks_uuid);
+    // The device the table names is still the one opened and checked.
+    recheck_device(dev);
+    run_in_own_thread([&] { load_mapping(disk_id, table, dek); });
+}
+
 void add_header_info(DiskInfo& d)
 {
     if (d.backing_device.empty()) {
@@ -395,29 +421,19 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
         ctx->luks_uuid = header.luks_uuid;
     }
     check_claim(header, claim);
+    if (header.token.kind != ResourceKind::disk) {
+        throw Error(Errc::usage,
+                    "device " + dev.shown + " holds an encrypted " + std::string(kind_name(header.token.kind)) + " (" +
+                        args.disk_id + "), and only disks are attached",
+                    "make a disk from it: diskcrypt copy --to-kind disk");
+    }
     // The table first (refuses foreign ciphers, bad sizes and discards the
     // disk type does not allow before the KMS is asked).
-    CryptTable table = table_from_header(header, major(dev.devno), minor(dev.devno), dev.size, "",
-                                         discards_allowed(cfg, args, header));
-    apply_profile(table, cfg.profile(header.token.disk_type));
-    SecureBuffer dek(kDekBytes);
+    CryptTable table = disk_table(cfg, header, dev, discards_allowed(cfg, args, header));
     {
         const SecureBuffer secret = unwrap_secret(cfg, header, args.disk_id);
-        std::size_t dek_size = dek.size();
-        const int rc =
-            crypt_volume_key_get(cd.get(), header.token.keyslot, dek.chars(), &dek_size, secret.chars(), secret.size());
-        if (rc < 0 || dek_size != static_cast<std::size_t>(kDekBytes)) {
-            throw Error(Errc::header,
-                        "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
-                            std::to_string(header.token.keyslot),
-                        "the token and the keyslot do not belong together; restore a header backup");
-        }
+        map_disk(cd.get(), header, dev, args.disk_id, table, secret);
     }
-    table.key_description = new_key_description(header.luks_uuid);
-    // The device the table names is still the one opened and checked.
-    recheck_device(dev);
-    run_in_own_thread([&] { load_mapping(args.disk_id, table, dek); });
-    dek = SecureBuffer();  // wiped now, not at the end of the scope
 
     auto attached = find_disk(args.disk_id);
     if (!attached) {

@@ -31,7 +31,11 @@
 #include <vector>
 
 #include "agent/config.hpp"
+#include "agent/disk/header.hpp"
+#include "agent/disk/table.hpp"
 #include "agent/ipc/protocol.hpp"
+#include "agent/ops/verify.hpp"
+#include "agent/secure_buffer.hpp"
 
 namespace diskcrypt {
 
@@ -89,6 +93,14 @@ struct DetachResult {
 };
 
 AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args);
+
+// attach's two steps, for import: the table from a checked header and the
+// disk type's profile (before the KMS is asked), then, with the unwrapped
+// secret, the DEK from the keyslot (Error(header) if it does not open) given
+// to the kernel in a thread of its own and the mapping created.
+CryptTable disk_table(const AgentConfig& cfg, const DiskHeader& header, const OpenedDevice& dev, bool allow_discards);
+void map_disk(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev, const std::string& disk_id,
+              CryptTable table, const SecureBuffer& secret);
 DetachResult detach_disk(const AgentConfig& cfg, const proto::DetachArgs& args);
 // Every diskcrypt mapping on the host (dm uuid prefix DISKCRYPT-), by disk id;
 // with `headers`, also what each backing device's header says (key, type).

@@ -17,8 +17,10 @@
 #include "agent/disk/associated_data.hpp"
 #include "agent/disk/header.hpp"
 #include "agent/disk/token.hpp"
+#include "agent/disk/wrap.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/log.hpp"
+#include "agent/ops/device.hpp"
 #include "agent/raii.hpp"
 #include "agent/secure_buffer.hpp"
 #include "agent/text.hpp"
@@ -27,72 +29,7 @@ namespace diskcrypt {
 
 namespace {
 
-struct Device {
-    FileDescriptor fd;
-    FileDescriptor exclusive;  // held open with O_EXCL (block devices) for the whole format
-    std::string path;          // as the caller named it, made printable (for messages)
-    std::string fd_path;       // /proc/self/fd/N: what libcryptsetup opens, the very file checked here
-    bool block = false;
-    std::uint64_t size = 0;
-    unsigned logical_block = 512;
-};
-
-std::string fd_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
-
-// NOLINTBEGIN(cppcoreguidelines-pro-type-vararg): open and ioctl are C vararg APIs
-Device open_device(const std::string& raw_path)
-{
-    const std::string path = printable(raw_path);
-    if (raw_path.empty() || raw_path.front() != '/') {
-        throw Error(Errc::usage, "device path '" + path + "' is not absolute");
-    }
-    Device d;
-    d.path = path;
-    d.fd.reset(::open(raw_path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
-    if (!d.fd) {
-        const int e = errno;
-        if (e == EISDIR) {
-            throw Error(Errc::device, "device " + path +
-                                          " is neither a block device nor a regular file (it is a "
-                                          "directory)");
-        }
-        throw Error(Errc::device, errno_text("cannot open device " + path, e),
-                    e == ENOENT ? "check the device path" : "");
-    }
-    struct stat st {};
-    if (fstat(d.fd.get(), &st) != 0) {
-        throw Error(Errc::device, errno_text("cannot stat device " + path, errno));
-    }
-    if (S_ISBLK(st.st_mode)) {
-        d.block = true;
-        // Exclusive open: fails if the device is mounted or held by another driver.
-        d.exclusive.reset(::open(fd_path(d.fd.get()).c_str(), O_RDONLY | O_CLOEXEC | O_EXCL));
-        if (!d.exclusive) {
-            const int e = errno;
-            throw Error(Errc::device,
-                        errno_text("device " + path + " is in use (mounted, mapped or held by another driver)", e),
-                        "unmount or detach it first");
-        }
-        std::uint64_t size = 0;
-        if (::ioctl(d.fd.get(), BLKGETSIZE64, &size) != 0) {
-            throw Error(Errc::device, errno_text("cannot read the size of " + path, errno));
-        }
-        d.size = size;
-        int lbs = 0;
-        if (::ioctl(d.fd.get(), BLKSSZGET, &lbs) == 0 && lbs > 0) {
-            d.logical_block = static_cast<unsigned>(lbs);
-        }
-    } else if (S_ISREG(st.st_mode)) {
-        d.size = static_cast<std::uint64_t>(st.st_size);
-    } else {
-        throw Error(Errc::device, "device " + path + " is neither a block device nor a regular file");
-    }
-    d.fd_path = fd_path(d.fd.get());
-    return d;
-}
-// NOLINTEND(cppcoreguidelines-pro-type-vararg)
-
-void check_geometry(const Device& d, unsigned sector_size)
+void check_geometry(const WritableDevice& d, unsigned sector_size)
 {
     if (d.size < kHeaderBytes + kMinUsableBytes) {
         throw Error(Errc::device, "device " + d.path + " is " + std::to_string(d.size) +
@@ -113,87 +50,6 @@ void check_geometry(const Device& d, unsigned sector_size)
                         " bytes) is not a multiple of the " + std::to_string(sector_size) + "-byte sector size",
                     "make the device size a multiple of " + std::to_string(sector_size) + " bytes");
     }
-}
-
-std::string lookup(blkid_probe pr, const char* name)
-{
-    const char* value = nullptr;
-    std::size_t len = 0;
-    if (blkid_probe_lookup_value(pr, name, &value, &len) != 0 || value == nullptr) {
-        return {};
-    }
-    std::string s(value, len);
-    while (!s.empty() && s.back() == '\0') {
-        s.pop_back();
-    }
-    for (char& c : s) {
-        if (c < 0x20 || c >= 0x7f) {
-            c = '?';
-        }
-    }
-    return s;
-}
-
-std::string describe_signature(blkid_probe pr)
-{
-    std::string type = lookup(pr, "TYPE");
-    std::string what;
-    std::string offset;
-    if (!type.empty()) {
-        const std::string usage = lookup(pr, "USAGE");
-        if (usage == "filesystem") {
-            what = type + " filesystem";
-        } else if (usage == "crypto") {
-            what = type + " encrypted volume";
-        } else if (usage == "raid") {
-            what = type + " RAID member";
-        } else {
-            what = type + " signature";
-        }
-        offset = lookup(pr, "SBMAGIC_OFFSET");
-    } else {
-        what = lookup(pr, "PTTYPE") + " partition table";
-        offset = lookup(pr, "PTMAGIC_OFFSET");
-    }
-    std::string details;
-    for (const char* key : {"SUBSYSTEM", "LABEL", "UUID"}) {
-        const std::string v = lookup(pr, key);
-        if (!v.empty()) {
-            details += (details.empty() ? "" : ", ") + std::string(key) + " " + v;
-        }
-    }
-    if (!offset.empty()) {
-        what += " at offset " + offset;
-    }
-    if (!details.empty()) {
-        what += " (" + details + ")";
-    }
-    return what;
-}
-
-// Lists (and with `wipe`, erases) every superblock and partition-table
-// signature, the way wipefs does.
-std::vector<std::string> scan_signatures(int fd, const std::string& device, bool wipe)
-{
-    BlkidProbe pr(blkid_new_probe());
-    if (!pr || blkid_probe_set_device(pr.get(), fd, 0, 0) != 0) {
-        throw Error(Errc::device, "cannot probe device " + device + " for existing signatures");
-    }
-    (void)blkid_probe_enable_superblocks(pr.get(), 1);
-    (void)blkid_probe_set_superblocks_flags(pr.get(), BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE | BLKID_SUBLKS_LABEL |
-                                                          BLKID_SUBLKS_UUID | BLKID_SUBLKS_MAGIC |
-                                                          BLKID_SUBLKS_BADCSUM);
-    (void)blkid_probe_enable_partitions(pr.get(), 1);
-    (void)blkid_probe_set_partitions_flags(pr.get(), BLKID_PARTS_MAGIC);
-    std::vector<std::string> found;
-    constexpr int kMaxSignatures = 64;
-    while (found.size() < kMaxSignatures && blkid_do_probe(pr.get()) == 0) {
-        found.push_back(describe_signature(pr.get()));
-        if (wipe && blkid_do_wipe(pr.get(), 0) != 0) {
-            throw Error(Errc::device, errno_text("cannot wipe " + found.back() + " on " + device, errno));
-        }
-    }
-    return found;
 }
 
 // The complete header, built in an anonymous memory file.
@@ -258,58 +114,6 @@ HeaderImage build_header(unsigned sector_size, const SecureBuffer& secret, const
     return img;
 }
 
-// After a failed write: zeroes the header area (as far as the device lets
-// it), then probes again. Returns what the message should say.
-std::string undo_partial_header(const Device& d)
-{
-    const std::vector<std::uint8_t> zeros(kHeaderBytes, 0);
-    std::size_t done = 0;
-    while (done < zeros.size()) {
-        const ssize_t n = pwrite(d.fd.get(), zeros.data() + done, zeros.size() - done, static_cast<off_t>(done));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            break;
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    (void)fsync(d.fd.get());
-    std::vector<std::string> left;
-    try {
-        left = scan_signatures(d.fd.get(), d.path, false);
-    } catch (const Error&) {
-        left.emplace_back("(the device could not be probed again)");
-    }
-    if (left.empty()) {
-        return "the header area of " + d.path + " was zeroed: no partial header remains";
-    }
-    std::string list;
-    for (const auto& l : left) {
-        list += (list.empty() ? "" : "; ") + l;
-    }
-    log_error("format: a partial header may remain on " + d.path + ": " + list);
-    return "WARNING: zeroing the header area of " + d.path + " failed after " + std::to_string(done) +
-           " bytes and it still holds: " + list + "; erase it with wipefs -a before using the device";
-}
-
-void write_header(const Device& d, const HeaderImage& img)
-{
-    crypt_device* raw = nullptr;
-    int r = crypt_init(&raw, d.fd_path.c_str());
-    const CryptDevice cd(raw);
-    if (r < 0) {
-        throw Error(Errc::device, errno_text("libcryptsetup cannot open device " + d.path, -r));
-    }
-    r = crypt_header_restore(cd.get(), CRYPT_LUKS2, img.path.c_str());
-    if (r < 0) {
-        throw Error(Errc::device, errno_text("writing the LUKS2 header to " + d.path + " failed", -r));
-    }
-    if (fsync(d.fd.get()) != 0) {
-        throw Error(Errc::device, errno_text("flushing " + d.path, errno));
-    }
-}
-
 }  // namespace
 
 std::vector<std::string> probe_signatures(int fd, const std::string& device)
@@ -318,6 +122,28 @@ std::vector<std::string> probe_signatures(int fd, const std::string& device)
 }
 
 FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
+{
+    FormatExtras none;
+    return format_disk(cfg, args, none);
+}
+
+namespace {
+
+// Whether the device holds an interrupted import of this very disk id.
+bool own_interrupted_import(const WritableDevice& dev, const std::string& disk_id)
+{
+    try {
+        const CryptDevice cd = open_luks2(dev.fd_path, dev.path);
+        const DiskHeader h = read_header(cd.get(), dev.path);
+        return h.token.incomplete && h.token.incomplete->operation == "import" && h.token.disk_id == disk_id;
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+}  // namespace
+
+FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args, FormatExtras& extras)
 {
     const auto start = std::chrono::steady_clock::now();
 
@@ -339,7 +165,7 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
         throw Error(Errc::usage, "no key given and the agent has no default_key",
                     "pass --key PROVIDER:KEY_ID, or set default_key in the agent configuration");
     }
-    kms::Provider* provider = &require_provider(cfg, key);
+    (void)require_provider(cfg, key);
     if (audit::Context* ctx = audit::current()) {
         ctx->key = key;
     }
@@ -347,13 +173,25 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     const std::string policy_revision = authorize(cfg, format_checks(args.user, args.service_account, key));
 
     // One operation at a time on a disk, as attach, detach and verify.
-    const FileLock lock = lock_disk(cfg.lock_dir, args.disk_id);
+    FileLock lock;
+    if (!extras.lock_held) {
+        lock = lock_disk(cfg.lock_dir, args.disk_id);
+    }
 
     // Device checks and the signature probe.
-    const Device dev = open_device(args.device);
+    const WritableDevice dev = open_writable(args.device);
     check_geometry(dev, sector_size);
+    if (extras.min_usable && dev.size - kHeaderBytes < *extras.min_usable) {
+        throw Error(Errc::device,
+                    extras.source + " is " + std::to_string(*extras.min_usable) +
+                        " bytes, more than the usable size of disk " + args.disk_id + " on " + dev.path + ", " +
+                        std::to_string(dev.size - kHeaderBytes) + " bytes (the device's " + std::to_string(dev.size) +
+                        " less the " + std::to_string(kHeaderBytes) + "-byte header)",
+                    "use a disk at least " + std::to_string(*extras.min_usable + kHeaderBytes) + " bytes large");
+    }
     const std::vector<std::string> signatures = scan_signatures(dev.fd.get(), dev.path, false);
-    if (!signatures.empty() && !args.force) {
+    const bool redo = extras.redo_own_import && own_interrupted_import(dev, args.disk_id);
+    if (!signatures.empty() && !args.force && !redo) {
         std::string list;
         for (const auto& s : signatures) {
             list += (list.empty() ? "" : "; ") + s;
@@ -363,20 +201,6 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     }
 
     // 2. KMS: the key's current version, the secret, the wrap, a round trip.
-    const kms::KeyDescription desc = provider->describe(key.key_id);
-    if (!desc.enabled || !desc.can_encrypt || !desc.can_decrypt) {
-        throw Error(Errc::kms_key,
-                    "key " + key.spec() + " cannot be used to wrap disk secrets (" +
-                        (!desc.enabled       ? "disabled"
-                         : !desc.can_encrypt ? "encrypt not allowed"
-                                             : "decrypt not allowed") +
-                        ")",
-                    "use a key allowed to encrypt and decrypt");
-    }
-    key.version = desc.version;
-    if (audit::Context* ctx = audit::current()) {
-        ctx->key = key;
-    }
     // The AD (version 2) binds the mapping this header will describe; the
     // header read back below must describe exactly that.
     MappingBinding mapping;
@@ -386,26 +210,12 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     mapping.sector_size = sector_size;
     mapping.data_offset = kHeaderBytes;
     mapping.iv_tweak = 0;
-    const std::vector<std::uint8_t> ad = associated_data(args.disk_id, key, mapping);
-    const SecureBuffer secret = SecureBuffer::random(kSecretBytes);
+    SecureBuffer secret = SecureBuffer::random(kSecretBytes);
     Token token;
     token.keyslot = 0;
-    token.ad_version = kAssociatedDataVersion;
-    token.key = key;
-    token.provider_type = std::string(provider->type());
-    token.wrapped =
-        audit::kms_call("wrap", key, [&] { return provider->wrap(key.key_id, key.version, secret.span(), ad); });
-    {
-        const SecureBuffer check = audit::kms_call(
-            "unwrap", key, [&] { return provider->unwrap(key.key_id, key.version, token.wrapped, ad); });
-        if (!check.equals(secret.span())) {
-            throw Error(Errc::kms_unavailable,
-                        "provider '" + key.provider +
-                            "': unwrapping the fresh secret gave "
-                            "different bytes; nothing was written",
-                        "check the HSM");
-        }
-    }
+    token.incomplete = extras.incomplete;
+    wrap_secret(cfg, key, args.disk_id, mapping, secret, token);
+    key = token.key;
     token.disk_id = args.disk_id;
     token.disk_type = std::string(type.name);
     token.lineage_id = lineage;
@@ -425,7 +235,7 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
                 log_warning("format " + args.disk_id + ": --force destroys " + s + " on " + dev.path);
             }
         }
-        write_header(dev, img);
+        write_header_image(dev, img.path);
         CryptDevice cd = open_luks2(dev.fd_path);
         const DiskHeader h = read_header(cd.get(), dev.path);
         const int r =
@@ -462,6 +272,9 @@ FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args)
     res.usable_size = dev.size - res.data_offset;
     res.elapsed_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+    if (extras.secret_out != nullptr) {
+        *extras.secret_out = std::move(secret);
+    }
     return res;
 }
 

@@ -24,7 +24,9 @@
 
 #include "agent/config.hpp"
 #include "agent/disk/header.hpp"
+#include "agent/disk/token.hpp"
 #include "agent/ipc/protocol.hpp"
+#include "agent/secure_buffer.hpp"
 
 namespace diskcrypt {
 
@@ -55,6 +57,17 @@ struct FormatResult {
 };
 
 FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args);
+
+// What import adds to format.
+struct FormatExtras {
+    std::optional<Incomplete> incomplete;     // the token's mark
+    std::optional<std::uint64_t> min_usable;  // Error(device) with both sizes if the usable size is smaller
+    std::string source;                       // names what needs min_usable, for that message
+    bool redo_own_import = false;             // an interrupted import of this disk id is overwritten without --force
+    bool lock_held = false;                   // the caller holds the disk's lock
+    SecureBuffer* secret_out = nullptr;       // receives the keyslot secret
+};
+FormatResult format_disk(const AgentConfig& cfg, const proto::FormatArgs& args, FormatExtras& extras);
 nlohmann::json to_json(const FormatResult& r);
 
 // What format would refuse to overwrite: one line per signature

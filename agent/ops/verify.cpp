@@ -129,6 +129,13 @@ void check_claim(const DiskHeader& header, const DiskClaim& claim)
                     "device " + header.device + ": this header belongs to disk " + t.disk_id + ", not " + claim.disk_id,
                     "check that the device path and the disk id refer to the same disk");
     }
+    if (t.incomplete) {
+        throw Error(Errc::incomplete,
+                    "device " + header.device + ": " + std::string(kind_name(t.kind)) + " " + claim.disk_id +
+                        " is an interrupted " + t.incomplete->operation + " (" + std::to_string(t.incomplete->done) +
+                        " of " + std::to_string(t.incomplete->total) + " bytes written); it is not usable",
+                    "run the " + t.incomplete->operation + " that makes it again: it resumes or restarts");
+    }
     if (t.key.provider != claim.key.provider || t.key.key_id != claim.key.key_id) {
         throw Error(Errc::binding,
                     "device " + header.device + ": the header of disk " + claim.disk_id + " is wrapped under key " +

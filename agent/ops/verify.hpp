@@ -53,6 +53,7 @@ struct DiskClaim {
 DiskClaim make_claim(const AgentConfig& cfg, const std::string& disk_id, const std::optional<std::string>& disk_type,
                      const std::string& key);
 
+// Error(incomplete) if the header is an interrupted copy or import.
 // Error(binding) unless the header agrees with the claim: the same disk id,
 // the same disk type, and wrapped under the same key (provider and key id),
 // so that a header written back under a retired key, or another disk's, is

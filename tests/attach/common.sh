@@ -6,7 +6,7 @@
 # Disks: /dev/vda and /dev/vdb (64 MiB each) carry disk-a (network-ssd) and
 # disk-b (network-ssd-io-m3), both under the key hsm:$KEY_ID.
 # The access policy ($POLICY, standard_policy): $SA may wrap and unwrap with
-# hsm:$KEY_ID and hsm:$KEY2_ID; the provisioning user $USER_ID acts as $SA
+# hsm:$KEY_ID, hsm:$KEY2_ID and hsm:$KEY3_ID; the provisioning user $USER_ID acts as $SA
 # and sees both keys. Nobody else holds anything.
 
 # shellcheck source=../vm/guest/lib.sh
@@ -26,6 +26,8 @@ KEY=hsm:$KEY_ID
 # The second key: errors.sh formats a disk under it (then deletes it from the
 # token); access.sh names it as a wrong --key.
 KEY2_ID=disk-key-02
+# The third key: copy.sh rewraps a disk to it.
+KEY3_ID=disk-key-03
 SA=sa-vm-1234
 # The user who formats disks (format --user); not $USER, which the shell owns.
 USER_ID=provisioner
@@ -61,7 +63,7 @@ policy_binding() {
 # standard_policy: the access policy every test runs under, on stdout.
 standard_policy() {
 	printf '# diskcrypt attach suite: the standard access policy (tests/attach/common.sh).\n\n'
-	for _k in "$KEY_ID" "$KEY2_ID"; do
+	for _k in "$KEY_ID" "$KEY2_ID" "$KEY3_ID"; do
 		policy_binding "serviceAccount:$SA" kms.keys.encrypterDecrypter "key:hsm:$_k"
 		policy_binding "userAccount:$USER_ID" kms.viewer "key:hsm:$_k"
 	done
@@ -122,6 +124,25 @@ agent_stop() {
 	wait "$(cat "$_pidf")" 2>/dev/null
 	rm -f "$_pidf"
 	return 0
+}
+
+# interrupt_client PID OUTPUT: once the client PID has written a progress
+# line to OUTPUT, freeze the agent (SIGSTOP), kill the client and let the
+# agent go on: it meets the hang-up before its next chunk, however fast the
+# copy runs. Fails if no progress line came within 30 s.
+interrupt_client() {
+	_apid=$(cat "$W/agent-$(basename "$SOCK").pid")
+	_n=600
+	while ! grep -q '"progress"' "$2" 2>/dev/null; do
+		_n=$((_n - 1))
+		[ "$_n" -gt 0 ] || break
+		sleep 0.05
+	done
+	kill -STOP "$_apid"
+	kill -9 "$1" 2>/dev/null
+	wait "$1" 2>/dev/null
+	kill -CONT "$_apid"
+	[ "$_n" -gt 0 ]
 }
 
 # agent_running: start the default agent unless it answers.

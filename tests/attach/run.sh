@@ -24,6 +24,14 @@
 #   profiles   each disk type's table options in `dmsetup table` (sector size,
 #              zero_unwritten, discards on request), unwritten blocks read as
 #              zeros; a host override of a type's profile in the next attach
+#   copy       snapshot, image and disk copies read the same data through
+#              their own mappings; a snapshot never attaches; an attached
+#              source refused; a copy whose client is killed refuses to
+#              attach (19) until run again; rewrap of an attached disk
+#   import     an unencrypted image through the kernel target reads back the
+#              same, zero runs zeroed instead of encrypted; too large or odd
+#              images refused untouched; a killed import refuses to attach
+#              until run again; decrypt refused (21)
 #
 # Usage: tests/attach/run.sh [TEST,...]
 # Environment: DISKCRYPT_BUILD (default <repo>/build), KMOD (default
@@ -34,7 +42,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 

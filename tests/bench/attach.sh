@@ -4,7 +4,8 @@
 # and the agent (SoftHSM2 unwrap, libcryptsetup keyslot, keyring, table load),
 # side by side with stock `cryptsetup open`/`close` of the same volume
 # through a second keyslot with the same PBKDF (PBKDF2, 1000 iterations), so
-# that what differs is the KMS and the agent. Reports INFO lines; asserts
+# that what differs is the KMS and the agent; then import and snapshot copy
+# throughput next to dd through dm-crypt and onto the raw device. Reports INFO lines; asserts
 # only that every cycle worked.
 . /tests/attach/common.sh
 check bench-setup setup_disks || exit 1
@@ -64,3 +65,45 @@ for n in diskcrypt cryptsetup; do
 		"$(pct /tmp/$n.times 2 50)" "$(pct /tmp/$n.times 2 99)")"
 done
 check bench-keyslot-removed cryptsetup luksKillSlot --batch-mode /dev/vda 1
+
+# Copies: import MB/s next to dd of the same image through dm-crypt and onto
+# the raw device, and a snapshot copy next to a plain copy of the device
+# (4 MiB O_DIRECT dd), on loop devices over the guest's tmpfs; random data,
+# so that import encrypts every chunk. Elapsed time of the whole command
+# (import: format, KMS, mapping and removal included).
+mib=32
+# mbs START_US END_US: MB/s of $mib MiB, one decimal.
+mbs() { awk -v b=$((mib * 1048576)) -v us=$(($2 - $1)) 'BEGIN { printf "%.1f", b / us }'; }
+dd if=/dev/urandom of="$W/bench-image.raw" bs=1M count=$mib 2>/dev/null
+for n in 1 2 3 4; do eval "l$n=\$(loop_file \"$W/bench-l$n.img\" $((mib + 4)))"; done
+# shellcheck disable=SC2154 # l1..l4 set by the eval above
+{
+	t0=$(now_us)
+	dd if="$W/bench-image.raw" of="$l1" bs=4M oflag=direct 2>/dev/null
+	t1=$(now_us)
+	hex=$(head -c 64 /dev/urandom | xxd -p | tr -d '\n')
+	dmsetup create bench-crypt --table "0 $(((mib + 4) * 2048)) crypt aes-xts-plain64 $hex 0 $l2 0"
+	t2=$(now_us)
+	dd if="$W/bench-image.raw" of=/dev/mapper/bench-crypt bs=4M oflag=direct 2>/dev/null
+	t3=$(now_us)
+	dmsetup remove bench-crypt
+	t4=$(now_us)
+	check bench-import dc import "$l3" --image "$W/bench-image.raw" --disk-id bench-i --type network-ssd \
+		--service-account "$SA" --user "$USER_ID"
+	t5=$(now_us)
+	check bench-snapshot dc copy "$l3" --disk-id bench-i --key "$KEY" --service-account "$SA" --user "$USER_ID" \
+		--to "$l4" --to-id bench-s --to-kind snapshot
+	t6=$(now_us)
+	dd if="$l3" of="$l4" bs=4M iflag=direct oflag=direct 2>/dev/null
+	t7=$(now_us)
+	info "copies, $mib MiB of random data, MB/s (same guest, same run)"
+	info "$(printf '  onto the raw device (dd)        %8s' "$(mbs "$t0" "$t1")")"
+	info "$(printf '  through dm-crypt (dd)           %8s' "$(mbs "$t2" "$t3")")"
+	info "$(printf '  diskcrypt import                %8s  (%.2fx dm-crypt)' "$(mbs "$t4" "$t5")" \
+		"$(awk -v a=$((t3 - t2)) -v b=$((t5 - t4)) 'BEGIN { print a / b }')")"
+	info "$(printf '  diskcrypt copy (snapshot)       %8s' "$(mbs "$t5" "$t6")")"
+	info "$(printf '  plain copy of the device (dd)   %8s  (copy: %.2fx)' "$(mbs "$t6" "$t7")" \
+		"$(awk -v a=$((t7 - t6)) -v b=$((t6 - t5)) 'BEGIN { print a / b }')")"
+}
+losetup -d "$l1" "$l2" "$l3" "$l4" 2>/dev/null
+rm -f "$W"/bench-l?.img "$W/bench-image.raw"

@@ -123,20 +123,6 @@ struct Host {
     std::unique_ptr<diskcrypt::test::Background> agent;
 };
 
-// Events from index `from` on whose fields include all of `fields`.
-std::size_t count_events(const std::vector<json>& events, const json& fields, std::size_t from = 0)
-{
-    std::size_t n = 0;
-    for (std::size_t i = from; i < events.size(); ++i) {
-        bool all = true;
-        for (const auto& [k, v] : fields.items()) {
-            all = all && events[i].contains(k) && events[i].at(k) == v;
-        }
-        n += all ? 1 : 0;
-    }
-    return n;
-}
-
 std::string error_message(const Result& r) { return json::parse(r.out).at("error").at("message").get<std::string>(); }
 
 bool luks_header_on(const std::string& image)
@@ -146,9 +132,9 @@ bool luks_header_on(const std::string& image)
 
 }  // namespace access_e2e
 
-using access_e2e::count_events;
 using access_e2e::error_message;
 using access_e2e::Host;
+using diskcrypt::test::count_events;
 
 TEST_CASE("e2e access: format and verify as the policy grants, its changes count without a restart", "[e2e][access]")
 {

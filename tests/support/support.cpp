@@ -251,6 +251,19 @@ std::string read_file(const std::string& path)
     return s.str();
 }
 
+std::size_t count_events(const std::vector<nlohmann::json>& events, const nlohmann::json& fields, std::size_t from)
+{
+    std::size_t n = 0;
+    for (std::size_t i = from; i < events.size(); ++i) {
+        bool all = true;
+        for (const auto& [k, v] : fields.items()) {
+            all = all && events[i].contains(k) && events[i].at(k) == v;
+        }
+        n += all ? 1 : 0;
+    }
+    return n;
+}
+
 std::vector<nlohmann::json> audit_events(const std::string& file)
 {
     std::vector<nlohmann::json> out;
@@ -308,9 +321,10 @@ bool contains(const std::string& haystack, const std::string& needle)
 }
 
 std::unique_ptr<Background> start_agent(const std::vector<std::string>& args, const std::string& socket,
-                                        const std::string& log)
+                                        const std::string& log, const std::vector<std::string>& prefix)
 {
-    std::vector<std::string> argv{DISKCRYPT_AGENT_BIN};
+    std::vector<std::string> argv = prefix;
+    argv.emplace_back(DISKCRYPT_AGENT_BIN);
     argv.insert(argv.end(), args.begin(), args.end());
     auto agent = std::make_unique<Background>(argv, log);
     if (!wait_for_path(socket)) {

@@ -72,6 +72,8 @@ private:
 std::string read_file(const std::string& path);
 // The audit file's lines, each parsed as JSON.
 std::vector<nlohmann::json> audit_events(const std::string& file);
+// How many of `events`, from index `from` on, have every field of `fields`.
+std::size_t count_events(const std::vector<nlohmann::json>& events, const nlohmann::json& fields, std::size_t from = 0);
 void write_file(const std::string& path, const std::string& data, mode_t mode = 0600);
 std::vector<std::uint8_t> read_bytes(const std::string& path);
 // Every regular file below `dir`, recursively.
@@ -83,8 +85,9 @@ bool contains(const std::string& haystack, const std::string& needle);
 // diskcrypt-agent started with `args` (after the program name), its output to
 // `log`; returns once `socket` exists, and fails the test with the log if it
 // does not appear.
+// With `prefix`, the agent runs under that command (e.g. strace).
 std::unique_ptr<Background> start_agent(const std::vector<std::string>& args, const std::string& socket,
-                                        const std::string& log);
+                                        const std::string& log, const std::vector<std::string>& prefix = {});
 // The diskcrypt CLI run with `--socket socket` before `args`.
 Result run_cli(const std::string& socket, std::vector<std::string> args);
 

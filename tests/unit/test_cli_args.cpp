@@ -399,3 +399,52 @@ TEST_CASE("cli: list follows the agent's pages into one result", "[cli][list]")
     CHECK_FALSE(e.ok);
     CHECK(e.code == diskcrypt::Errc::kernel);
 }
+
+TEST_CASE("cli: copy, rewrap and decrypt", "[cli][copy]")
+{
+    Parsed p = parse({"copy", "src.img", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u",
+                      "--to", "/dev/vdc", "--to-id", "s1", "--to-kind", "snapshot", "--json"});
+    REQUIRE(p.args);
+    CHECK(p.args->command == Command::copy);
+    CHECK(p.args->json);
+    CHECK(p.args->copy.device.front() == '/');
+    CHECK(p.args->copy.target_kind == "snapshot");
+    CHECK_FALSE(p.args->copy.target_type.has_value());
+
+    p = parse({"rewrap", "/dev/vdb", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u",
+               "--to-key", "h:k2"});
+    REQUIRE(p.args);
+    CHECK(p.args->command == Command::rewrap);
+    CHECK(p.args->rewrap.to_key == "h:k2");
+
+    p = parse({"decrypt", "d1"});
+    REQUIRE(p.args);
+    CHECK(p.args->command == Command::decrypt);
+
+    const std::vector<std::pair<std::vector<std::string>, std::string>> bad = {
+        {{"copy", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u", "--to", "/b",
+          "--to-id", "s1", "--to-kind", "volume"},
+         "--to-kind: volume not in {disk,snapshot,image}"},
+        {{"copy", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u", "--to", "/b",
+          "--to-kind", "snapshot"},
+         "--to-id is required"},
+        {{"copy", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u", "--to", "/b",
+          "--to-id", "s 1", "--to-kind", "snapshot"},
+         "invalid target id 's 1'"},
+        {{"copy", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u", "--to", "/b",
+          "--to-id", "s1", "--to-kind", "disk", "--type", "local-ssd"},
+         "local disks cannot be encrypted"},
+        {{"rewrap", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa", "--user", "u", "--to-key",
+          "k2"},
+         "PROVIDER:KEY_ID"},
+        {{"rewrap", "/a", "--disk-id", "d1", "--key", "h:k", "--service-account", "sa"}, "--user is required"},
+        {{"decrypt"}, "disk-id is required"},
+    };
+    for (const auto& [argv, text] : bad) {
+        INFO(text);
+        const Parsed q = parse(argv);
+        CHECK_FALSE(q.args);
+        CHECK(q.code == 2);
+        CHECK_THAT(q.err, Contains(text));
+    }
+}

@@ -31,6 +31,9 @@ TEST_CASE("exit codes: the documented table", "[errors]")
         {Errc::conflict, 16},
         {Errc::kernel, 17},
         {Errc::access_denied, 18},
+        {Errc::incomplete, 19},
+        {Errc::cancelled, 20},
+        {Errc::not_supported, 21},
     };
     REQUIRE(diskcrypt::errc_table().size() == expected.size());
     std::set<int> seen;

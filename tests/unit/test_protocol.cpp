@@ -81,8 +81,9 @@ TEST_CASE("protocol: each malformed request is refused with its message", "[prot
                     "protocol version 2 is not supported (this side speaks version 1)");
     request_refused(R"({"protocol":1})", "request has no 'op' field");
     request_refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
-    request_refused(R"({"protocol":1,"op":"mount"})",
-                    "unknown op 'mount' (known: status, list, attach, detach, format, verify)");
+    request_refused(
+        R"({"protocol":1,"op":"mount"})",
+        "unknown op 'mount' (known: status, list, attach, detach, format, verify, copy, rewrap, import, decrypt)");
     request_refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
     request_refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
     request_refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
@@ -151,8 +152,9 @@ TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable messa
             CHECK(r.code == Errc::protocol);
         }
     }
-    request_refused(R"({"protocol":1,"op":"\u001b[31m"})",
-                    "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify)");
+    request_refused(
+        R"({"protocol":1,"op":"\u001b[31m"})",
+        "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify, copy, rewrap, import, decrypt)");
     request_refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
     request_refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
     // An error whose message carries invalid UTF-8 is still encoded.
@@ -177,4 +179,63 @@ TEST_CASE("protocol: a number out of range is a protocol error on both sides", "
     request_refused(R"({"protocol":1e9999})",
                     "request is not valid JSON: [json.exception.out_of_range.406] number overflow parsing '1e9999'");
     CHECK_THROWS_AS(proto::parse_response(R"({"protocol":1e9999})"), Error);
+}
+
+TEST_CASE("protocol: copy, rewrap and decrypt requests round trip", "[protocol][copy]")
+{
+    proto::CopyArgs c;
+    c.device = "/dev/vdb";
+    c.disk_id = "disk-1";
+    c.key = "hsm:k1";
+    c.service_account = "sa1";
+    c.user = "alice";
+    c.target_device = "/dev/vdc";
+    c.target_id = "snap-1";
+    c.target_kind = "snapshot";
+    c.target_service_account = "sa2";
+    c.force = true;
+    const proto::Request r = proto::parse_request(proto::encode_request("copy", proto::to_json(c)));
+    CHECK(r.op == "copy");
+    const proto::CopyArgs d = proto::copy_args(r.args);
+    CHECK(d.device == c.device);
+    CHECK(d.target_device == c.target_device);
+    CHECK(d.target_id == "snap-1");
+    CHECK(d.target_kind == "snapshot");
+    CHECK_FALSE(d.target_type.has_value());
+    CHECK(d.target_service_account == "sa2");
+    CHECK(d.force);
+    CHECK_THROWS_WITH(proto::parse_request(R"({"protocol":1,"op":"copy","args":{"device":"/dev/vdb"}})"),
+                      "op copy: missing argument 'disk_id'");
+
+    proto::RewrapArgs w;
+    w.device = "/dev/vdb";
+    w.disk_id = "disk-1";
+    w.key = "hsm:k1";
+    w.service_account = "sa1";
+    w.user = "alice";
+    w.to_key = "hsm:k2";
+    const proto::RewrapArgs v =
+        proto::rewrap_args(proto::parse_request(proto::encode_request("rewrap", proto::to_json(w))).args);
+    CHECK(v.to_key == "hsm:k2");
+    CHECK_FALSE(v.type.has_value());
+
+    const proto::DecryptArgs x = proto::decrypt_args(
+        proto::parse_request(proto::encode_request("decrypt", proto::to_json(proto::DecryptArgs{std::nullopt, "d1"})))
+            .args);
+    CHECK(x.disk_id == "d1");
+    CHECK_FALSE(x.device.has_value());
+}
+
+TEST_CASE("protocol: progress messages come apart from the response", "[protocol][copy]")
+{
+    const proto::Response p = proto::parse_response(proto::encode_progress({{"done", 1}, {"total", 2}}));
+    REQUIRE(p.progress.has_value());
+    CHECK(p.progress->at("done") == 1);
+    CHECK_FALSE(p.ok);
+    CHECK_THROWS_WITH(proto::parse_response(R"({"protocol":1,"progress":7})"),
+                      "progress message: 'progress' must be an object");
+    // A response that also says "ok" is a response, not progress.
+    const proto::Response r = proto::parse_response(R"({"protocol":1,"ok":true,"result":{},"progress":{}})");
+    CHECK(r.ok);
+    CHECK_FALSE(r.progress.has_value());
 }

@@ -381,3 +381,100 @@ TEST_CASE("token: invalid values are refused", "[token]")
         refuses(j, "field 'created'");
     }
 }
+
+TEST_CASE("token: kind, origin and the incomplete mark round trip", "[token]")
+{
+    Token t = sample();
+    t.kind = diskcrypt::ResourceKind::snapshot;
+    t.origin = diskcrypt::Origin{diskcrypt::ResourceKind::disk, "disk-0", "0b6c1f1e-3c1e-4f53-9c6b-2a1e5a4e9d10"};
+    t.incomplete = diskcrypt::Incomplete{"copy", 4194304, 8388608};
+    const std::string text = diskcrypt::encode_token(t);
+    const json j = json::parse(text);
+    CHECK(j.at("disk").at("kind") == "snapshot");
+    CHECK(j.at("disk").at("origin") ==
+          json{{"kind", "disk"}, {"id", "disk-0"}, {"luks_uuid", "0b6c1f1e-3c1e-4f53-9c6b-2a1e5a4e9d10"}});
+    CHECK(j.at("incomplete") == json{{"operation", "copy"}, {"done", 4194304}, {"total", 8388608}});
+    const Token back = diskcrypt::decode_token(text);
+    CHECK(back.kind == diskcrypt::ResourceKind::snapshot);
+    REQUIRE(back.origin);
+    CHECK(back.origin->kind == diskcrypt::ResourceKind::disk);
+    CHECK(back.origin->id == "disk-0");
+    REQUIRE(back.incomplete);
+    CHECK(back.incomplete->done == 4194304);
+    CHECK(back.incomplete->total == 8388608);
+
+    // A disk (the default kind) writes no kind and no mark: format's token
+    // is unchanged.
+    const json plain = sample_json();
+    CHECK_FALSE(plain.at("disk").contains("kind"));
+    CHECK_FALSE(plain.at("disk").contains("origin"));
+    CHECK_FALSE(plain.contains("incomplete"));
+}
+
+TEST_CASE("token: a bad kind, origin or incomplete mark is refused", "[token]")
+{
+    Token t = sample();
+    t.origin = diskcrypt::Origin{diskcrypt::ResourceKind::disk, "disk-0", "0b6c1f1e-3c1e-4f53-9c6b-2a1e5a4e9d10"};
+    t.incomplete = diskcrypt::Incomplete{"import", 0, 1048576};
+    const json good = json::parse(diskcrypt::encode_token(t));
+    SECTION("an unknown kind")
+    {
+        json j = good;
+        j["disk"]["kind"] = "volume";
+        refuses(j, R"(field 'disk.kind' must be "disk", "snapshot" or "image")");
+    }
+    SECTION("kind disk written out")
+    {
+        json j = good;
+        j["disk"]["kind"] = "disk";
+        refuses(j, "written only for a snapshot or an image");
+    }
+    SECTION("an origin without its UUID")
+    {
+        json j = good;
+        j["disk"]["origin"].erase("luks_uuid");
+        refuses(j, "missing field 'disk.origin.luks_uuid'");
+    }
+    SECTION("an origin with a bad UUID")
+    {
+        json j = good;
+        j["disk"]["origin"]["luks_uuid"] = "not-a-uuid";
+        refuses(j, "field 'disk.origin.luks_uuid'");
+    }
+    SECTION("an origin with an unknown field")
+    {
+        json j = good;
+        j["disk"]["origin"]["parent"] = "x";
+        refuses(j, "unknown field 'disk.origin.parent'");
+    }
+    SECTION("an unknown operation")
+    {
+        json j = good;
+        j["incomplete"]["operation"] = "decrypt";
+        refuses(j, R"(field 'incomplete.operation' must be "copy" or "import")");
+    }
+    SECTION("done beyond total")
+    {
+        json j = good;
+        j["incomplete"]["done"] = 2097152;
+        refuses(j, "'incomplete.done' is larger than 'incomplete.total'");
+    }
+    SECTION("a negative count")
+    {
+        json j = good;
+        j["incomplete"]["done"] = -1;
+        refuses(j, "field 'incomplete.done' must be a non-negative integer");
+    }
+    SECTION("a count as a string")
+    {
+        json j = good;
+        j["incomplete"]["total"] = "1048576";
+        refuses(j, "field 'incomplete.total' must be a non-negative integer");
+    }
+    SECTION("an absurd count")
+    {
+        json j = good;
+        j["incomplete"]["total"] = 1ULL << 63U;
+        refuses(j, "field 'incomplete.total' is too large");
+    }
+}
