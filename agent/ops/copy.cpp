@@ -254,6 +254,7 @@ CopyResult copy_disk(const AgentConfig& cfg, const proto::CopyArgs& args, OpChan
         token.incomplete->done = done;
         replace_token(dst.fd_path, dst.path, source.token_id, token);
     };
+    const auto copy_start = Clock::now();
     try {
         (void)stream_data(job, channel);
         zero_range(dst.fd.get(), dst.block, job.out_name, src.size, dst.size - src.size);
@@ -293,6 +294,7 @@ CopyResult copy_disk(const AgentConfig& cfg, const proto::CopyArgs& args, OpChan
     r.copied_bytes = total - resumed_from;
     r.resumed_from = resumed_from;
     r.zeroed_bytes = dst.size - src.size;
+    r.copy_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - copy_start).count();
     r.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
     return r;
 }
@@ -317,6 +319,7 @@ json to_json(const CopyResult& r)
         {"copied_bytes", r.copied_bytes},
         {"resumed_from", r.resumed_from},
         {"zeroed_bytes", r.zeroed_bytes},
+        {"copy_ms", r.copy_ms},
         {"elapsed_ms", r.elapsed_ms},
     };
     j["user"] = r.user;
