@@ -1,4 +1,6 @@
 // diskcrypt: parse arguments, send one request to the agent, print the answer.
+#include <unistd.h>
+
 #include <iostream>
 
 #include "agent/error.hpp"
@@ -58,7 +60,7 @@ int main(int argc, char** argv)
             case cli::Command::list:
                 break;  // above
         }
-        cli::ProgressPrinter progress(args->json, std::cout, std::cerr);
+        cli::ProgressPrinter progress(args->json, isatty(STDERR_FILENO) == 1, std::cout, std::cerr);
         const proto::Response r =
             cli::call_agent(args->socket, request, [&](const nlohmann::json& p) { progress.update(p); });
         progress.finish();

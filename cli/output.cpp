@@ -150,8 +150,8 @@ void disk_table(std::ostream& out, const json& disks)
 
 }  // namespace
 
-ProgressPrinter::ProgressPrinter(bool json, std::ostream& out, std::ostream& err)
-    : json_(json), tty_(isatty(STDERR_FILENO) == 1), out_(out), err_(err)
+ProgressPrinter::ProgressPrinter(bool json, bool tty, std::ostream& out, std::ostream& err)
+    : json_(json), tty_(tty), out_(out), err_(err)
 {
 }
 
@@ -167,8 +167,8 @@ void ProgressPrinter::update(const json& p)
     const unsigned long long done = num(p, "done");
     const unsigned long long total = num(p, "total");
     constexpr int kWidth = 30;
-    const int filled = total > 0 ? static_cast<int>(done * kWidth / total) : kWidth;
-    std::string bar(static_cast<std::size_t>(filled), '#');
+    const double share = total > 0 ? std::min(1.0, static_cast<double>(done) / static_cast<double>(total)) : 1.0;
+    std::string bar(static_cast<std::size_t>(share * kWidth), '#');
     bar.resize(kWidth, '.');
     // Appended piece by piece: g++ 12 at -O2 warns (-Wrestrict) on
     // "literal" + std::string&&.
@@ -191,7 +191,7 @@ void ProgressPrinter::update(const json& p)
         line += std::to_string(eta % 60);
         line += " left";
     }
-    line += "   ";
+    line += "\x1b[K";  // the rest of a longer line before it erased
     err_ << line << std::flush;
     shown_ = true;
 }

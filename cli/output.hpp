@@ -19,10 +19,12 @@ void print_error(Errc code, const std::string& message, const std::string& hint,
 void print_result(Command command, const nlohmann::json& result, bool json, std::ostream& out);
 
 // Progress messages of a long operation: JSON lines on `out` with --json, a
-// progress bar on `err` when it is a terminal, nothing otherwise.
+// progress bar on `err` when `tty` (stderr is a terminal), nothing otherwise.
+// The agent's figures are not trusted: the bar is clamped to full, the text
+// escaped.
 class ProgressPrinter {
 public:
-    ProgressPrinter(bool json, std::ostream& out, std::ostream& err);
+    ProgressPrinter(bool json, bool tty, std::ostream& out, std::ostream& err);
     void update(const nlohmann::json& progress);
     // Ends the bar's line, if one was drawn.
     void finish();

@@ -35,6 +35,8 @@ PACKAGES=(
 	e2fsprogs mount util-linux
 	# unit tests (Debian 12 ships Catch2 v2, header-only)
 	catch2
+	# e2e: strace kills the agent at each of its writes (rewrap crash safety)
+	strace
 	# PKCS#11 KMS backend and its test HSM
 	libp11-kit-dev softhsm2 opensc
 )

@@ -53,10 +53,7 @@ CopyHeaderImage build_copy_header(const std::vector<std::uint8_t>& source_header
     if (ftruncate(img.fd.get(), static_cast<off_t>(2 * kHeaderBytes)) != 0) {
         throw Error(Errc::internal, errno_text("ftruncate on the header image", errno));
     }
-    if (pwrite(img.fd.get(), source_header.data(), source_header.size(), 0) !=
-        static_cast<ssize_t>(source_header.size())) {
-        throw Error(Errc::internal, errno_text("writing the header image", errno));
-    }
+    write_exact(img.fd.get(), source_header.data(), source_header.size(), 0, "the header image");
     img.path = fd_path(img.fd.get());
     const CryptDevice cd = open_luks2(img.path, "the copy's header");
     if (const int r = crypt_set_uuid(cd.get(), uuid.empty() ? nullptr : uuid.c_str()); r < 0) {
@@ -254,9 +251,9 @@ CopyResult copy_disk(const AgentConfig& cfg, const proto::CopyArgs& args, OpChan
         token.incomplete->done = done;
         replace_token(dst.fd_path, dst.path, source.token_id, token);
     };
-    const auto copy_start = Clock::now();
+    StreamResult moved;
     try {
-        (void)stream_data(job, channel);
+        moved = stream_data(job, channel);
         zero_range(dst.fd.get(), dst.block, job.out_name, src.size, dst.size - src.size);
         flush_data(dst.fd.get(), dst.path);
         token.incomplete.reset();
@@ -294,7 +291,7 @@ CopyResult copy_disk(const AgentConfig& cfg, const proto::CopyArgs& args, OpChan
     r.copied_bytes = total - resumed_from;
     r.resumed_from = resumed_from;
     r.zeroed_bytes = dst.size - src.size;
-    r.copy_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - copy_start).count();
+    r.copy_ms = moved.ms;
     r.elapsed_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
     return r;
 }

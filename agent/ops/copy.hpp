@@ -70,7 +70,7 @@ struct CopyResult {
     std::uint64_t copied_bytes = 0;  // written by this run
     std::uint64_t resumed_from = 0;  // bytes already copied by an interrupted run
     std::uint64_t zeroed_bytes = 0;  // the target's tail beyond the source
-    long long copy_ms = 0;           // the data phase
+    long long copy_ms = 0;           // the data phase (stream_data: the data area, flushed)
     long long elapsed_ms = 0;
 };
 

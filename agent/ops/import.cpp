@@ -67,8 +67,9 @@ ImportResult import_disk(const AgentConfig& cfg, const proto::ImportArgs& args, 
     }
     dm::require_available();
     // The disk is mapped to be written: a block device (checked before
-    // format writes anything to it).
-    (void)open_device_once(args.format.device, false);
+    // format writes anything to it; format opens it by its path again, and
+    // the LUKS2 UUID read back below ties the two).
+    const OpenedDevice dev = open_device_once(args.format.device, false);
     const FileLock lock = lock_disk(cfg.lock_dir, args.format.disk_id);
     if (dm::find(mapping_name(args.format.disk_id))) {
         throw Error(Errc::conflict, "disk " + args.format.disk_id + " is attached on this host",
@@ -91,7 +92,6 @@ ImportResult import_disk(const AgentConfig& cfg, const proto::ImportArgs& args, 
 
     // 3. The mapping, the stream.
     const auto copy_start = Clock::now();
-    const OpenedDevice dev = open_device_once(args.format.device, false);
     DiskHeader header;
     try {
         const CryptDevice cd = open_luks2(dev.fd_path, dev.shown);
@@ -132,14 +132,16 @@ ImportResult import_disk(const AgentConfig& cfg, const proto::ImportArgs& args, 
             if (zero_unwritten) {
                 job.zero = [&](std::uint64_t done, std::uint64_t len) {
                     zero_range(backing.get(), dev.block, dev.shown, header.data_offset + done, len);
-                    res.zeroed_bytes += len;
                 };
             }
             job.checkpoint = [&](std::uint64_t done) {
                 token.incomplete->done = done;
                 replace_token(dev.fd_path, dev.shown, header.token_id, token);
             };
-            res.encrypted_bytes = stream_data(job, channel) - res.zeroed_bytes;
+            const StreamResult moved = stream_data(job, channel);
+            res.encrypted_bytes = moved.moved - moved.zeroed;
+            res.zeroed_bytes = moved.zeroed;
+            res.copy_ms = moved.ms;
             if (zero_unwritten) {
                 const std::uint64_t tail = dev.size - header.data_offset - src.size;
                 zero_range(backing.get(), dev.block, dev.shown, header.data_offset + src.size, tail);
@@ -162,8 +164,7 @@ ImportResult import_disk(const AgentConfig& cfg, const proto::ImportArgs& args, 
     if (written.luks_uuid != res.format.luks_uuid || written.token.incomplete) {
         throw Error(Errc::device, "the header read back from " + dev.shown + " does not match what was written");
     }
-    res.copy_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - copy_start).count();
-    res.format.elapsed_ms += res.copy_ms;
+    res.format.elapsed_ms += std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - copy_start).count();
     return res;
 }
 

@@ -46,7 +46,7 @@ struct ImportResult {
     std::uint64_t source_bytes = 0;
     std::uint64_t encrypted_bytes = 0;  // written through the target
     std::uint64_t zeroed_bytes = 0;     // all-zero chunks and the tail, zeroed on the backing device
-    long long copy_ms = 0;
+    long long copy_ms = 0;              // the data phase (stream_data: through the target, flushed)
 };
 
 ImportResult import_disk(const AgentConfig& cfg, const proto::ImportArgs& args, OpChannel& channel);

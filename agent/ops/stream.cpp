@@ -7,10 +7,17 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "agent/disk_lock.hpp"
 #include "agent/error.hpp"
@@ -23,6 +30,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kIoAlign = 4096;
 constexpr auto kProgressInterval = std::chrono::milliseconds(500);
+constexpr auto kCancelPoll = std::chrono::milliseconds(100);
 
 struct FreeDeleter {
     // NOLINTNEXTLINE(cppcoreguidelines-no-malloc, cppcoreguidelines-owning-memory): aligned_alloc's pair
@@ -40,6 +48,13 @@ AlignedBytes aligned_bytes(std::size_t size)
     return AlignedBytes(p);
 }
 
+bool all_zero(const std::uint8_t* p, std::size_t n)
+{
+    return std::all_of(p, p + n, [](std::uint8_t b) { return b == 0; });
+}
+
+}  // namespace
+
 void write_exact(int fd, const std::uint8_t* buf, std::size_t n, std::uint64_t off, const std::string& what)
 {
     std::size_t done = 0;
@@ -55,13 +70,6 @@ void write_exact(int fd, const std::uint8_t* buf, std::size_t n, std::uint64_t o
         done += static_cast<std::size_t>(r);
     }
 }
-
-bool all_zero(const std::uint8_t* p, std::size_t n)
-{
-    return std::all_of(p, p + n, [](std::uint8_t b) { return b == 0; });
-}
-
-}  // namespace
 
 // NOLINTBEGIN(cppcoreguidelines-pro-type-vararg): open and ioctl are C vararg APIs
 FileDescriptor reopen(const std::string& path, int flags, bool direct)
@@ -90,8 +98,11 @@ void zero_range(int fd, bool block, const std::string& name, std::uint64_t off, 
             return;
         }
     }
-    const AlignedBytes zeros = aligned_bytes(kStreamChunkBytes);
-    std::fill_n(zeros.get(), kStreamChunkBytes, std::uint8_t{0});
+    static const AlignedBytes zeros = [] {
+        AlignedBytes z = aligned_bytes(kStreamChunkBytes);
+        std::fill_n(z.get(), kStreamChunkBytes, std::uint8_t{0});
+        return z;
+    }();
     for (std::uint64_t done = 0; done < len;) {
         const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kStreamChunkBytes, len - done));
         write_exact(fd, zeros.get(), n, off + done, name);
@@ -125,12 +136,69 @@ void flush_data(int fd, const std::string& what)
     }
 }
 
-std::uint64_t stream_data(const StreamJob& job, OpChannel& channel)
+namespace {
+
+// One window of a stream: its chunks, taken in order by the streaming
+// threads; `stop` ends each thread after the chunk it holds.
+struct Window {
+    Window(std::uint64_t from, std::uint64_t to) : end(to), next(from) {}
+    const std::uint64_t end;
+    std::atomic<std::uint64_t> next;
+    std::atomic<bool> stop{false};
+    std::mutex mu;
+    std::condition_variable wake;
+    unsigned running = 0;        // under mu
+    std::exception_ptr failure;  // the first error, under mu
+};
+
+struct Counters {
+    std::atomic<std::uint64_t> moved{0};
+    std::atomic<std::uint64_t> zeroed{0};
+};
+
+// A streaming thread's work: chunks of the window until none is left, stop
+// is set or one fails.
+void move_chunks(const StreamJob& job, Window& w, std::uint8_t* buf, Counters& count)
 {
-    const AlignedBytes buf = aligned_bytes(kStreamChunkBytes);
-    std::uint64_t done = job.start;
-    std::uint64_t checkpoint = done;
+    try {
+        while (!w.stop.load()) {
+            const std::uint64_t off = w.next.fetch_add(kStreamChunkBytes);
+            if (off >= w.end) {
+                break;
+            }
+            const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kStreamChunkBytes, w.end - off));
+            const bool whole = n % kIoAlign == 0;
+            read_exact(whole ? job.in : job.in_tail, buf, n, job.in_offset + off, job.in_name);
+            if (job.zero && all_zero(buf, n)) {
+                job.zero(off, n);
+                count.zeroed += n;
+            } else {
+                write_exact(whole ? job.out : job.out_tail, buf, n, job.out_offset + off, job.out_name);
+            }
+            count.moved += n;
+        }
+    } catch (...) {
+        const std::lock_guard<std::mutex> g(w.mu);
+        if (!w.failure) {
+            w.failure = std::current_exception();
+        }
+        w.stop = true;
+    }
+    const std::lock_guard<std::mutex> g(w.mu);
+    --w.running;
+    w.wake.notify_all();
+}
+
+}  // namespace
+
+StreamResult stream_data(const StreamJob& job, OpChannel& channel)
+{
+    std::vector<AlignedBytes> buffers;
+    for (unsigned i = 0; i < kStreamDepth; ++i) {
+        buffers.push_back(aligned_bytes(kStreamChunkBytes));
+    }
     const auto started = Clock::now();
+    Counters count;
     auto last = started;
     auto report = [&](bool always) {
         const auto now = Clock::now();
@@ -138,8 +206,10 @@ std::uint64_t stream_data(const StreamJob& job, OpChannel& channel)
             return;
         }
         last = now;
+        const std::uint64_t moved = count.moved.load();
+        const std::uint64_t done = job.start + moved;
         const double secs = std::chrono::duration<double>(now - started).count();
-        const double rate = secs > 0 ? static_cast<double>(done - job.start) / secs : 0.0;
+        const double rate = secs > 0 ? static_cast<double>(moved) / secs : 0.0;
         nlohmann::json p = {{"operation", job.operation}, {"source", job.source_id},
                             {"target", job.target_id},    {"done", done},
                             {"total", job.total},         {"rate_bytes_per_s", static_cast<std::uint64_t>(rate)}};
@@ -148,34 +218,62 @@ std::uint64_t stream_data(const StreamJob& job, OpChannel& channel)
         }
         channel.progress(p);
     };
+    auto cancelled = [&] { return channel.cancelled() || disk_lock_waits_stopped(); };
+    auto cancel_error = [&] {
+        return Error(Errc::cancelled, job.operation + " of " + job.source_id + " to " + job.target_id +
+                                          " cancelled after " + std::to_string(job.start + count.moved.load()) +
+                                          " of " + std::to_string(job.total) + " bytes");
+    };
+
     report(true);
-    while (done < job.total) {
-        if (channel.cancelled() || disk_lock_waits_stopped()) {
-            throw Error(Errc::cancelled, job.operation + " of " + job.source_id + " to " + job.target_id +
-                                             " cancelled after " + std::to_string(done) + " of " +
-                                             std::to_string(job.total) + " bytes");
+    for (std::uint64_t from = job.start; from < job.total;) {
+        if (cancelled()) {
+            throw cancel_error();
         }
-        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kStreamChunkBytes, job.total - done));
-        const bool whole = n % kIoAlign == 0;
-        read_exact(whole ? job.in : job.in_tail, buf.get(), n, job.in_offset + done, job.in_name);
-        if (job.zero && all_zero(buf.get(), n)) {
-            job.zero(done, n);
-        } else {
-            write_exact(whole ? job.out : job.out_tail, buf.get(), n, job.out_offset + done, job.out_name);
+        Window w(from, job.checkpoint ? std::min(job.total, from + kCheckpointBytes) : job.total);
+        {
+            w.running = kStreamDepth;
+            std::vector<std::jthread> threads;
+            try {
+                for (unsigned t = 0; t < kStreamDepth; ++t) {
+                    threads.emplace_back(move_chunks, std::cref(job), std::ref(w), buffers[t].get(), std::ref(count));
+                }
+            } catch (const std::system_error& e) {
+                w.stop = true;  // the threads started end after their chunk
+                throw Error(Errc::internal, std::string("cannot start the streaming threads: ") + e.what());
+            }
+            std::unique_lock<std::mutex> held(w.mu);
+            while (w.running > 0) {
+                w.wake.wait_for(held, kCancelPoll);
+                held.unlock();
+                if (cancelled()) {
+                    w.stop = true;
+                }
+                report(false);
+                held.lock();
+            }
+        }  // the threads joined
+        if (w.failure) {
+            std::rethrow_exception(w.failure);
         }
-        done += n;
-        if (job.checkpoint && done - checkpoint >= kCheckpointBytes && done < job.total) {
+        if (job.start + count.moved.load() < w.end) {
+            throw cancel_error();
+        }
+        from = w.end;
+        if (job.checkpoint && from < job.total) {
             flush_data(job.out, job.out_name);
             flush_data(job.out_tail, job.out_name);
-            job.checkpoint(done);
-            checkpoint = done;
+            job.checkpoint(from);
         }
-        report(false);
     }
     flush_data(job.out, job.out_name);
     flush_data(job.out_tail, job.out_name);
     report(true);
-    return done - job.start;
+    StreamResult r;
+    r.moved = count.moved.load();
+    r.zeroed = count.zeroed.load();
+    r.ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+    return r;
 }
 
 }  // namespace diskcrypt

@@ -12,6 +12,10 @@ namespace diskcrypt {
 
 inline constexpr std::uint64_t kStreamChunkBytes = 4ULL << 20U;
 inline constexpr std::uint64_t kCheckpointBytes = 256ULL << 20U;
+// Chunks in flight at once (one thread and one buffer each): the next read
+// overlaps the last write, and a kernel target that encrypts in the
+// submitter's context gets more than one CPU.
+inline constexpr unsigned kStreamDepth = 4;
 
 // The same file again: with `direct`, O_DIRECT where the file allows it (a
 // block device; not tmpfs), else buffered. Error(device) if it cannot be
@@ -37,18 +41,30 @@ struct StreamJob {
     std::uint64_t start = 0;       // bytes already moved (a resumed run)
     // For an all-zero chunk: zeroes [out_offset + done, + len) some cheaper
     // way (BLKZEROOUT) instead of writing it; empty: written as it is.
+    // Called from the streaming threads, several at once.
     std::function<void(std::uint64_t done, std::uint64_t len)> zero;
     // Every kCheckpointBytes, after the target is flushed: `done` bytes are
-    // written for good.
+    // written for good. Called from the calling thread.
     std::function<void(std::uint64_t done)> checkpoint;
 };
 
-// Moves [start, total) of the data, sends a progress message at the start,
-// at most every 0.5 s and at the end, and checks for cancellation before each
-// chunk (Error(cancelled); a stopping agent counts). Flushes the target at
-// the end. Error(device) names the file and the byte offset of a failed read
-// or write. Returns the bytes this run moved.
-std::uint64_t stream_data(const StreamJob& job, OpChannel& channel);
+struct StreamResult {
+    std::uint64_t moved = 0;   // bytes this run read and wrote or zeroed
+    std::uint64_t zeroed = 0;  // of those, all-zero chunks given to `zero`
+    long long ms = 0;          // the time it took, flush included
+};
+
+// Moves [start, total) of the data with kStreamDepth chunks in flight, in
+// windows that end at each checkpoint. Sends a progress message at the start,
+// at most every 0.5 s and at the end, and checks for cancellation at least
+// every 0.1 s (Error(cancelled); a stopping agent counts): chunks in flight
+// finish, no new one starts. Flushes the target at the end. Error(device)
+// names the file and the byte offset of a failed read or write (the first
+// one; the other chunks stop).
+StreamResult stream_data(const StreamJob& job, OpChannel& channel);
+
+// Writes exactly n bytes at off (Error(device) naming `what` otherwise).
+void write_exact(int fd, const std::uint8_t* buf, std::size_t n, std::uint64_t off, const std::string& what);
 
 // Zeroes [off, off + len) of an open file: BLKZEROOUT where `block` (cheap on
 // thin storage), plain writes where that is refused or on a regular file.

@@ -5,7 +5,8 @@
 # is never attached, a larger disk's tail reads as zeros, an attached source
 # is refused, and a copy interrupted for real (its client killed) leaves a
 # target that refuses to attach until the copy is run again. Then rewrap
-# under the second key while the disk is attached.
+# under the second key while the disk is attached; access refusals (a
+# snapshot under a key the user may not use, a user without kms.viewer).
 . /tests/attach/common.sh
 check copy-agent agent_running || exit 1
 detach_all
@@ -71,6 +72,40 @@ check copy-rewrap-new-key dc attach "$big" --disk-id copy-b --type network-hdd -
 check copy-rewrap-sum [ "$(sum_of copy-b 47)" = "$want" ]
 check copy-detach-b2 dc detach copy-b
 
+# Access, refused before the target is touched: a snapshot under a key the
+# user may not use (kms.viewer on $KEY3_ID withdrawn), and a user without
+# kms.viewer on any key (it may act as $SA); the standard policy back after.
+snap3=$(loop_file "$W/copy-snap3.img" 64)
+check copy-snapshot-key3 dc copy "$big" --disk-id copy-b --key "hsm:$KEY3_ID" --service-account "$SA" \
+	--user "$USER_ID" --to "$snap3" --to-id copy-b-snap --to-kind snapshot
+losetup -d "$big" && rm -f "$W/copy-big.img"
+{
+	printf '# copy.sh: %s may not use %s; %s may use no key\n\n' "$USER_ID" "$KEY3_ID" viewerless
+	for _k in "$KEY_ID" "$KEY2_ID" "$KEY3_ID"; do
+		policy_binding "serviceAccount:$SA" kms.keys.encrypterDecrypter "key:hsm:$_k"
+	done
+	for _k in "$KEY_ID" "$KEY2_ID"; do
+		policy_binding "userAccount:$USER_ID" kms.viewer "key:hsm:$_k"
+	done
+	policy_binding "userAccount:$USER_ID" iam.serviceAccounts.user "serviceAccount:$SA"
+	policy_binding "userAccount:viewerless" iam.serviceAccounts.user "serviceAccount:$SA"
+} | install_policy
+fresh=$(loop_file "$W/copy-fresh.img" 64)
+mark=$(audit_lines)
+expect_exit copy-denied-snapshot-key 18 "userAccount:$USER_ID lacks kms.keys.get on key:hsm:$KEY3_ID" \
+	copy "$snap3" --disk-id copy-b-snap --key "hsm:$KEY3_ID" --service-account "$SA" --user "$USER_ID" \
+	--to "$fresh" --to-id copy-d --to-kind disk --type network-ssd
+check copy-denied-audit audit_has_since "$mark" '"event":"copy","result":"refused"' '"reason":"access-denied"' \
+	'"disk_id":"copy-b-snap"'
+expect_exit copy-denied-no-viewer 18 "userAccount:viewerless lacks kms.keys.get on key:$KEY" \
+	copy "$src" --disk-id copy-a --key "$KEY" --service-account "$SA" --user viewerless \
+	--to "$fresh" --to-id copy-d --to-kind snapshot
+check copy-denied-untouched sh -c "! cryptsetup isLuks $fresh"
+standard() { standard_policy | install_policy; }
+check copy-policy-back standard
+check copy-allowed-again copy_of "$src" copy-a "$fresh" copy-d snapshot
+losetup -d "$snap3" "$fresh" && rm -f "$W/copy-snap3.img" "$W/copy-fresh.img"
+
 # disk -> image -> disk.
 check copy-image copy_of "$src" copy-a "$img" copy-img image
 check copy-from-image copy_of "$img" copy-img "$fromimg" copy-c disk --type network-ssd
@@ -80,8 +115,8 @@ check copy-detach-c dc detach copy-c
 
 # Interrupted for real: a 64 MiB snapshot whose client is killed after its
 # first progress line; the agent sees the hang-up and stops.
-losetup -d "$img" "$fromimg" "$big" 2>/dev/null
-rm -f "$W/copy-image.img" "$W/copy-fromimg.img" "$W/copy-big.img" "$W/copy-data"
+losetup -d "$img" "$fromimg" 2>/dev/null
+rm -f "$W/copy-image.img" "$W/copy-fromimg.img" "$W/copy-data"
 large=$(loop_file "$W/copy-large.img" 64)
 large_snap=$(loop_file "$W/copy-large-snap.img" 64)
 check copy-large-format format_disk "$large" copy-l network-ssd

@@ -27,7 +27,9 @@
 #   copy       snapshot, image and disk copies read the same data through
 #              their own mappings; a snapshot never attaches; an attached
 #              source refused; a copy whose client is killed refuses to
-#              attach (19) until run again; rewrap of an attached disk
+#              attach (19) until run again; rewrap of an attached disk; a
+#              snapshot under a key the user may not use and a user without
+#              kms.viewer refused (18), the target untouched
 #   import     an unencrypted image through the kernel target reads back the
 #              same, zero runs zeroed instead of encrypted; too large or odd
 #              images refused untouched; a killed import refuses to attach

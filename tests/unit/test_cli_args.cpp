@@ -448,3 +448,71 @@ TEST_CASE("cli: copy, rewrap and decrypt", "[cli][copy]")
         CHECK_THAT(q.err, Contains(text));
     }
 }
+
+TEST_CASE("cli: progress is a bar on a terminal, JSON lines with --json, nothing otherwise", "[cli][copy]")
+{
+    const nlohmann::json half = {{"operation", "copy"},  {"source", "d1"},        {"target", "s1"},
+                                 {"done", 32ULL << 20U}, {"total", 64ULL << 20U}, {"rate_bytes_per_s", 8ULL << 20U},
+                                 {"eta_s", 64ULL}};
+    SECTION("a terminal: one line redrawn, ended by finish")
+    {
+        std::ostringstream out;
+        std::ostringstream err;
+        diskcrypt::cli::ProgressPrinter p(false, true, out, err);
+        p.update(half);
+        nlohmann::json full = half;
+        full["done"] = 64ULL << 20U;
+        full.erase("eta_s");
+        p.update(full);
+        p.finish();
+        CHECK(out.str().empty());
+        CHECK(err.str() ==
+              "\rcopy [###############...............] 32.0 MiB of 64.0 MiB, 8.0 MiB/s, 1:04 left\x1b[K"
+              "\rcopy [##############################] 64.0 MiB of 64.0 MiB, 8.0 MiB/s\x1b[K\n");
+    }
+    SECTION("not a terminal, no --json: nothing, and finish adds no line")
+    {
+        std::ostringstream out;
+        std::ostringstream err;
+        diskcrypt::cli::ProgressPrinter p(false, false, out, err);
+        p.update(half);
+        p.finish();
+        CHECK(out.str().empty());
+        CHECK(err.str().empty());
+    }
+    SECTION("--json: one line per message on stdout, on a terminal too")
+    {
+        std::ostringstream out;
+        std::ostringstream err;
+        diskcrypt::cli::ProgressPrinter p(true, true, out, err);
+        p.update(half);
+        p.update(half);
+        p.finish();
+        CHECK(err.str().empty());
+        std::istringstream lines(out.str());
+        std::string line;
+        int n = 0;
+        while (std::getline(lines, line)) {
+            CHECK(nlohmann::json::parse(line).at("progress") == half);
+            ++n;
+        }
+        CHECK(n == 2);
+    }
+    SECTION("an agent's figures are not trusted: more done than total, no total, escapes in the text")
+    {
+        std::ostringstream out;
+        std::ostringstream err;
+        diskcrypt::cli::ProgressPrinter p(false, true, out, err);
+        p.update({{"operation", "copy\x1b[2J"}, {"done", ~0ULL}, {"total", 1ULL}});
+        p.update({{"operation", "copy"}, {"done", 5ULL}, {"total", 0ULL}, {"rate_bytes_per_s", "fast"}});
+        p.finish();
+        // Our own erase-line sequences only.
+        std::string rest = err.str();
+        for (std::size_t at = 0; (at = rest.find("\x1b[K", at)) != std::string::npos;) {
+            rest.erase(at, 3);
+        }
+        CHECK(rest.find('\x1b') == std::string::npos);
+        CHECK_THAT(err.str(), Contains("copy\\x1b[2J [##############################] 16777216.0 TiB of 1 B"));
+        CHECK_THAT(err.str(), Contains("copy [##############################] 5 B of 0 B, 0 B/s"));
+    }
+}
