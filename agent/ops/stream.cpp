@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <system_error>
@@ -147,8 +148,11 @@ struct Window {
     std::atomic<bool> stop{false};
     std::mutex mu;
     std::condition_variable wake;
-    unsigned running = 0;        // under mu
-    std::exception_ptr failure;  // the first error, under mu
+    unsigned running = 0;  // under mu
+    // The error of the chunk at the lowest offset that failed, under mu
+    // (several chunks in flight may fail; the first in the data is named).
+    std::exception_ptr failure;
+    std::uint64_t failed_at = std::numeric_limits<std::uint64_t>::max();
 };
 
 struct Counters {
@@ -160,9 +164,10 @@ struct Counters {
 // is set or one fails.
 void move_chunks(const StreamJob& job, Window& w, std::uint8_t* buf, Counters& count)
 {
+    std::uint64_t off = 0;
     try {
         while (!w.stop.load()) {
-            const std::uint64_t off = w.next.fetch_add(kStreamChunkBytes);
+            off = w.next.fetch_add(kStreamChunkBytes);
             if (off >= w.end) {
                 break;
             }
@@ -179,8 +184,9 @@ void move_chunks(const StreamJob& job, Window& w, std::uint8_t* buf, Counters& c
         }
     } catch (...) {
         const std::lock_guard<std::mutex> g(w.mu);
-        if (!w.failure) {
+        if (off < w.failed_at) {
             w.failure = std::current_exception();
+            w.failed_at = off;
         }
         w.stop = true;
     }

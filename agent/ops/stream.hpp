@@ -59,8 +59,8 @@ struct StreamResult {
 // at most every 0.5 s and at the end, and checks for cancellation at least
 // every 0.1 s (Error(cancelled); a stopping agent counts): chunks in flight
 // finish, no new one starts. Flushes the target at the end. Error(device)
-// names the file and the byte offset of a failed read or write (the first
-// one; the other chunks stop).
+// names the file and the byte offset of a failed read or write (of the
+// failed chunk that comes first in the data; the other chunks stop).
 StreamResult stream_data(const StreamJob& job, OpChannel& channel);
 
 // Writes exactly n bytes at off (Error(device) naming `what` otherwise).

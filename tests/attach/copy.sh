@@ -50,6 +50,10 @@ expect_exit copy-snapshot-no-attach 2 "only disks are attached" attach "$snap" -
 expect_exit copy-snapshot-not-source-id 11 "belongs to disk copy-snap" verify "$snap" --disk-id copy-a \
 	--key "$KEY" --service-account "$SA"
 
+# A local disk type is never an encrypted copy's target (usage, 2).
+expect_exit copy-local-target 2 "local disks cannot be encrypted" copy "$snap" --disk-id copy-snap --key "$KEY" \
+	--service-account "$SA" --user "$USER_ID" --to "$big" --to-id copy-b --to-kind disk --type local-ssd
+
 # snapshot -> disk (a larger network-hdd disk): the data, and zeros after it.
 check copy-from-snapshot copy_of "$snap" copy-snap "$big" copy-b disk --type network-hdd
 check copy-attach-b attach_ok copy-b "$big" network-hdd

@@ -3,6 +3,7 @@
 # the image reads back the same through the new disk's mapping, all-zero runs
 # are zeroed on the backing device instead of encrypted (network types:
 # zero_unwritten) and read as zeros, the rest of the disk reads as zeros; an
+# unencrypted block device imported the same way; an
 # image larger than the disk, or not whole sectors, refused before anything
 # is written; an import whose client is killed refuses to attach (19) until
 # run again; decrypting in place refused (21).
@@ -42,6 +43,19 @@ expect_exit import-attached-conflict 16 "is attached on this host" import "$disk
 	--type network-ssd --service-account "$SA" --user "$USER_ID"
 expect_exit decrypt-refused 21 "encryption cannot be disabled" decrypt imp-a --device "$disk"
 check import-detach dc detach imp-a
+
+# An unencrypted disk (a block device, as a snapshot of one would be) is
+# encrypted the same way: into a new disk, read back the same.
+plain=$(loop_file "$W/import-plain.img" 24)
+dd if=/dev/urandom of="$plain" bs=1M count=24 oflag=direct 2>/dev/null
+disk2=$(loop_file "$W/import-disk2.img" 32)
+check import-block-device import_into "$disk2" imp-d "$plain" --json
+check import-block-source grep -qF "\"path\": \"$plain\"" "$DC_OUT"
+check import-block-attach attach_ok imp-d "$disk2"
+check import-block-same [ "$(sum_of imp-d 24)" = "$(dd if="$plain" bs=1M 2>/dev/null | sha256sum | cut -c1-64)" ]
+check import-block-detach dc detach imp-d
+losetup -d "$plain" "$disk2" 2>/dev/null
+rm -f "$W/import-plain.img" "$W/import-disk2.img"
 
 # Refused before anything is written: too large, not whole sectors.
 small=$(loop_file "$W/import-small.img" 16)

@@ -28,6 +28,7 @@ namespace copy_e2e {
 constexpr std::uint64_t kOneMiB = 1024ULL * 1024;
 const std::string kKey1 = "hsm:disk-key-01";
 const std::string kKey2 = "hsm:disk-key-02";
+const std::string kKeyOther = "hsm2:disk-key-09";  // Site::add_second_provider()
 
 struct Site {
     Site()
@@ -38,6 +39,31 @@ struct Site {
             config, "[agent]\nsocket = \"" + socket + "\"\nlock_dir = \"" + (dir / "lock") + "\"\ndefault_key = \"" +
                         kKey1 + "\"\n" + diskcrypt::test::write_tests_policy(policy, {kKey1, kKey2}) +
                         "[audit]\nfile = \"" + audit + "\"\njournal = \"never\"\n" + hsm.provider_toml());
+    }
+
+    // A second provider, "hsm2": another token in the same SoftHSM2 (its own
+    // label, the same PIN) with one key, kKeyOther; the configuration and the
+    // policy rewritten to name both. Before start().
+    void add_second_provider()
+    {
+        diskcrypt::test::run_ok({"softhsm2-util", "--init-token", "--free", "--label", "diskcrypt-b", "--so-pin",
+                                 "so-" + hsm.pin(), "--pin", hsm.pin()});
+        std::string hex_id;
+        for (const char c : std::string("disk-key-09")) {
+            constexpr std::string_view kHex = "0123456789abcdef";
+            hex_id += kHex[static_cast<unsigned char>(c) >> 4U];
+            hex_id += kHex[static_cast<unsigned char>(c) & 0xFU];
+        }
+        diskcrypt::test::run_ok({"pkcs11-tool", "--module", diskcrypt::test::kSoftHsmModule, "--token-label",
+                                 "diskcrypt-b", "--login", "--pin", hsm.pin(), "--keygen", "--key-type", "AES:32",
+                                 "--sensitive", "--label", "disk key 9", "--id", hex_id});
+        const std::string second = "[providers.hsm2]\ntype = \"pkcs11\"\nmodule = \"" +
+                                   std::string(diskcrypt::test::kSoftHsmModule) +
+                                   "\"\ntoken_label = \"diskcrypt-b\"\npin_file = \"" + hsm.pin_file() + "\"\n";
+        diskcrypt::test::write_file(
+            config, "[agent]\nsocket = \"" + socket + "\"\nlock_dir = \"" + (dir / "lock") + "\"\ndefault_key = \"" +
+                        kKey1 + "\"\n" + diskcrypt::test::write_tests_policy(policy, {kKey1, kKey2, kKeyOther}) +
+                        "[audit]\nfile = \"" + audit + "\"\njournal = \"never\"\n" + hsm.provider_toml() + second);
     }
 
     void start(const std::vector<std::string>& prefix = {})
@@ -164,6 +190,7 @@ bool wait_traced(pid_t pid)
 
 using copy_e2e::kKey1;
 using copy_e2e::kKey2;
+using copy_e2e::kKeyOther;
 using copy_e2e::kOneMiB;
 using copy_e2e::out_json;
 using copy_e2e::Site;
@@ -406,6 +433,7 @@ TEST_CASE("e2e rewrap: to another key, to the key's current version, from associ
     CHECK(copy_e2e::bytes(disk, kOneMiB, 8 * kOneMiB) == data);
 
     // Associated data version 1 (as format wrote it before issue 9) to 2.
+    // (Another provider: the next test case.)
     {
         const diskcrypt::AgentConfig cfg = diskcrypt::load_config(s.config);
         const diskcrypt::CryptDevice cd = diskcrypt::open_luks2(disk);
@@ -437,6 +465,35 @@ TEST_CASE("e2e rewrap: to another key, to the key's current version, from associ
     CHECK(s.verify(disk, "disk-1", kKey2).status == 0);
     const auto ev = diskcrypt::test::audit_events(s.audit);
     CHECK(diskcrypt::test::count_events(ev, {{"event", "rewrap"}, {"result", "ok"}}) == 3);
+}
+
+TEST_CASE("e2e rewrap: to a key of another provider, and back", "[e2e][rewrap]")
+{
+    Site s;
+    s.add_second_provider();
+    s.start();
+    const std::string disk = s.disk("disk.img", "disk-1", 8 * kOneMiB);
+    copy_e2e::fill_random(disk, kOneMiB, 8 * kOneMiB, 6);
+    const auto data = copy_e2e::bytes(disk, kOneMiB, 8 * kOneMiB);
+
+    Result r = s.cli({"--json", "rewrap", disk, "--disk-id", "disk-1", "--key", kKey1, "--service-account", "sa-tests",
+                      "--user", "provisioner", "--to-key", kKeyOther});
+    REQUIRE(r.status == 0);
+    json j = out_json(r);
+    CHECK(j.at("from").at("provider") == "hsm");
+    CHECK(j.at("to").at("provider") == "hsm2");
+    CHECK(j.at("to").at("id") == "disk-key-09");
+    CHECK(copy_e2e::token_of(disk).at("key").at("provider") == "hsm2");
+    CHECK(s.verify(disk, "disk-1", kKeyOther).status == 0);
+    CHECK(s.verify(disk, "disk-1", kKey1).status == 11);
+    CHECK(copy_e2e::bytes(disk, kOneMiB, 8 * kOneMiB) == data);
+
+    r = s.cli({"--json", "rewrap", disk, "--disk-id", "disk-1", "--key", kKeyOther, "--service-account", "sa-tests",
+               "--user", "provisioner", "--to-key", kKey2});
+    REQUIRE(r.status == 0);
+    CHECK(out_json(r).at("from").at("provider") == "hsm2");
+    CHECK(s.verify(disk, "disk-1", kKey2).status == 0);
+    CHECK(copy_e2e::bytes(disk, kOneMiB, 8 * kOneMiB) == data);
 }
 
 TEST_CASE("e2e rewrap: the agent killed at each of its writes leaves a disk that opens under the old or the new key",
