@@ -35,7 +35,7 @@ std::string type_name(const toml::node& node)
 
 std::string unknown_section(const std::string& name)
 {
-    return "unknown section '" + name + "' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME])";
+    return "unknown section '" + name + "' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME], [recovery])";
 }
 
 std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
@@ -383,7 +383,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     cfg.source = source;
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
-        if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types") {
+        if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types" && k != "recovery") {
             throw config_error_at(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
@@ -398,6 +398,11 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     if (const auto* audit_table = root.get_as<toml::table>("audit")) {
         ConfigSection s(*audit_table, source, "audit");
         parse_audit_section(s, cfg);
+    }
+    if (const auto* recovery = root.get_as<toml::table>("recovery")) {
+        ConfigSection s(*recovery, source, "recovery");
+        cfg.recovery = s.optional_bool("enabled").value_or(false);
+        s.finish();
     }
 
     for_each_named_section(root, "disk_types", source, [&cfg](const std::string& name, ConfigSection& s) {

@@ -18,6 +18,7 @@
 
 #include "agent/audit.hpp"
 #include "agent/error.hpp"
+#include "agent/ipc/protocol.hpp"
 #include "agent/kms/provider.hpp"
 #include "agent/log.hpp"
 #include "agent/names.hpp"
@@ -26,7 +27,6 @@
 namespace diskcrypt {
 
 inline constexpr std::string_view kDefaultConfigPath = "/etc/diskcrypt/agent.toml";
-inline constexpr std::string_view kDefaultSocketPath = "/run/diskcrypt/agent.sock";
 
 // One TOML table being read. Every getter records the key as used; finish()
 // refuses the keys nobody asked for. Errors name the file and line.
@@ -67,7 +67,7 @@ private:
 
 struct AgentConfig {
     std::string source;  // the file it came from
-    std::string socket_path = std::string(kDefaultSocketPath);
+    std::string socket_path = std::string(proto::kDefaultSocketPath);
     std::optional<std::string> status_group;
     gid_t status_gid = 0;
     std::optional<KeyRef> default_key;       // version empty
@@ -75,6 +75,9 @@ struct AgentConfig {
     LogLevel log_level = LogLevel::info;
     std::string lock_dir = "/run/diskcrypt/lock";  // per-disk lock files
     audit::Settings audit;                         // [audit]
+    // [recovery] enabled: whether `recover` (the cryptsetup token plugin's
+    // break-glass request) may hand a disk's keyslot secret to root.
+    bool recovery = false;
     // The profiles of the disk types the host overrides ([disk_types.TYPE]),
     // each the built-in one with the host's changes.
     std::map<std::string, DiskProfile, std::less<>> disk_profiles;

@@ -30,7 +30,8 @@ constexpr std::array<ErrcInfo, 21> kTable{{
      "the access policy denies a subject a permission on a KMS key or a service account"},
     {Errc::incomplete, "incomplete", 19, "the disk is an interrupted copy or import; run the operation again"},
     {Errc::cancelled, "cancelled", 20, "the operation was cancelled (by the caller or an agent stop)"},
-    {Errc::not_supported, "not-supported", 21, "refused by design (encryption cannot be disabled)"},
+    {Errc::not_supported, "not-supported", 21,
+     "refused by design or by the host (decrypting in place; recovery disabled)"},
 }};
 
 }  // namespace

@@ -35,7 +35,7 @@ enum class Errc {
     access_denied,      // 18: the access policy denies a subject a permission on a key or service account
     incomplete,         // 19: the disk is an interrupted copy or import (attach refuses it; re-run resumes)
     cancelled,          // 20: a copy was cancelled: the caller hung up, or the agent is stopping
-    not_supported,      // 21: refused by design: encryption cannot be disabled on a disk
+    not_supported,      // 21: refused by design or by the host: decrypting in place; recovery disabled
 };
 
 struct ErrcInfo {

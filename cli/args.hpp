@@ -11,13 +11,11 @@
 
 namespace diskcrypt::cli {
 
-inline constexpr std::string_view kDefaultSocket = "/run/diskcrypt/agent.sock";
-
 enum class Command { format, verify, status, attach, detach, list, copy, rewrap, decrypt, import_image };
 
 struct Arguments {
     Command command = Command::status;
-    std::string socket = std::string(kDefaultSocket);
+    std::string socket = std::string(proto::kDefaultSocketPath);
     bool json = false;
     proto::FormatArgs format;    // for Command::format
     proto::VerifyArgs verify;    // for Command::verify

@@ -1,5 +1,6 @@
 #include "agent/ipc/protocol.hpp"
 
+#include <algorithm>
 #include <array>
 #include <set>
 #include <vector>
@@ -86,6 +87,7 @@ const std::vector<OpSpec>& ops()
           {"to_key", ArgType::string, false}}},
         {"import", import_spec},
         {"decrypt", {{"device", ArgType::string, false}, {"disk_id", ArgType::string, true}}},
+        {"recover", {{"device", ArgType::string, true}}},
     };
     return kOps;
 }
@@ -494,6 +496,41 @@ json to_json(const ImportArgs& a)
     j["source"] = a.source;
     return j;
 }
+
+Response parse_recover_response(std::span<const std::uint8_t> message, std::span<const std::uint8_t>& secret)
+{
+    constexpr std::uint64_t kMaxSecret = 1024;
+    const auto nul = std::find(message.begin(), message.end(), std::uint8_t{0});
+    const auto text_bytes = static_cast<std::size_t>(nul - message.begin());
+    secret = {};
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-reinterpret-cast): bytes as text
+    Response r = parse_response(std::string_view(reinterpret_cast<const char*>(message.data()), text_bytes));
+    if (r.progress) {
+        fail("a recover response carries no progress");
+    }
+    const std::size_t after = nul == message.end() ? 0 : message.size() - text_bytes - 1;
+    if (!r.ok) {
+        if (nul != message.end()) {
+            fail("an error response carries no secret");
+        }
+        return r;
+    }
+    const auto declared = r.result.find("passphrase_bytes");
+    if (!r.result.is_object() || declared == r.result.end() || !declared->is_number_unsigned() ||
+        declared->get<std::uint64_t>() == 0 || declared->get<std::uint64_t>() > kMaxSecret) {
+        fail("a recover response must announce 1 to " + std::to_string(kMaxSecret) + " passphrase_bytes");
+    }
+    if (nul == message.end() || declared->get<std::uint64_t>() != after) {
+        fail("a recover response announces " + std::to_string(declared->get<std::uint64_t>()) +
+             " passphrase_bytes and carries " + std::to_string(after));
+    }
+    secret = message.subspan(text_bytes + 1);
+    return r;
+}
+
+RecoverArgs recover_args(const json& args) { return RecoverArgs{args.at("device").get<std::string>()}; }
+
+json to_json(const RecoverArgs& a) { return json{{"device", a.device}}; }
 
 DecryptArgs decrypt_args(const json& args)
 {

@@ -24,8 +24,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -35,6 +37,9 @@ namespace diskcrypt::proto {
 
 inline constexpr int kVersion = 1;
 inline constexpr std::size_t kMaxMessage = 65536;
+// Where the agent listens unless its configuration says otherwise, and where
+// the CLI and the cryptsetup token plugin look.
+inline constexpr std::string_view kDefaultSocketPath = "/run/diskcrypt/agent.sock";
 // What the disks of one `list` page may take at most (their JSON text): well
 // under kMaxMessage, so a page and its envelope always fit in one message.
 inline constexpr std::size_t kListPageBudget = std::size_t{48} * 1024;
@@ -68,6 +73,12 @@ std::string encode_error(const Error& error);
 std::string encode_progress(const nlohmann::json& progress);
 // Validates a response; Error(protocol) if it is malformed.
 Response parse_response(std::string_view text);
+
+// The response to "recover": its JSON text, then (when ok) a NUL byte and
+// the secret, as many bytes as the result's "passphrase_bytes" says (1 to
+// 1024), which `secret` is set to (pointing into `message`). Error(protocol)
+// if the parts do not agree.
+Response parse_recover_response(std::span<const std::uint8_t> message, std::span<const std::uint8_t>& secret);
 
 // Arguments of "format".
 struct FormatArgs {
@@ -164,6 +175,15 @@ struct DecryptArgs {
 };
 DecryptArgs decrypt_args(const nlohmann::json& args);
 nlohmann::json to_json(const DecryptArgs& a);
+
+// Arguments of "recover" (the cryptsetup token plugin's request): the
+// device whose keyslot secret is asked for. Its response carries the secret
+// after the JSON text and a NUL byte (RecoverResult, agent/ops/recover.hpp).
+struct RecoverArgs {
+    std::string device;
+};
+RecoverArgs recover_args(const nlohmann::json& args);
+nlohmann::json to_json(const RecoverArgs& a);
 
 // Arguments of "detach".
 struct DetachArgs {

@@ -27,6 +27,7 @@
 #include "agent/ops/copy.hpp"
 #include "agent/ops/format.hpp"
 #include "agent/ops/import.hpp"
+#include "agent/ops/recover.hpp"
 #include "agent/ops/rewrap.hpp"
 #include "agent/ops/verify.hpp"
 #include "agent/secure_buffer.hpp"
@@ -317,6 +318,7 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
         }
         json result;
         std::string note;
+        SecureBuffer secret;  // recover's, sent after the response text
         if (r.op == "status") {
             const proto::StatusArgs a = proto::status_args(r.args);
             result = a.disk_id ? to_json(disk_status(*a.disk_id)) : status(cfg, state);
@@ -385,6 +387,13 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
                             ": encryption cannot be disabled on a disk once it is enabled; no command decrypts a "
                             "disk in place",
                         "to have the data unencrypted, copy it inside the VM to an unencrypted disk");
+        } else if (r.op == "recover") {
+            RecoverResult rec = recover_secret(cfg, proto::recover_args(r.args));
+            note = "break-glass recovery: the keyslot secret of disk " + rec.header.token.disk_id + " (" +
+                   rec.header.device + ") handed to " + peer_text(peer);
+            log_warning("recover done: " + note);
+            result = to_json(rec);
+            secret = std::move(rec.secret);
         } else if (r.op == "detach") {
             const DetachResult d = detach_disk(cfg, proto::detach_args(r.args));
             note = d.forced ? (d.deferred ? "forced, removal deferred until closed" : "forced") : "detached";
@@ -396,10 +405,17 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
             audit::emit(audit::Event{out.op, "ok", ctx, {}, note});
         }
         out.response = proto::encode_result(result);
-        if (out.response.size() > proto::kMaxMessage) {
-            throw Error(Errc::internal, "the response to " + out.op + " would be " +
-                                            std::to_string(out.response.size()) + " bytes, more than the protocol's " +
-                                            std::to_string(proto::kMaxMessage));
+        const std::size_t size = out.response.size() + (secret.empty() ? 0 : 1 + secret.size());
+        if (size > proto::kMaxMessage) {
+            throw Error(Errc::internal, "the response to " + out.op + " would be " + std::to_string(size) +
+                                            " bytes, more than the protocol's " + std::to_string(proto::kMaxMessage));
+        }
+        if (!secret.empty()) {
+            out.secret_response = SecureBuffer(size);
+            std::copy(out.response.begin(), out.response.end(), out.secret_response.chars());
+            out.secret_response.data()[out.response.size()] = 0;
+            std::copy(secret.data(), secret.data() + secret.size(),
+                      out.secret_response.data() + out.response.size() + 1);
         }
         return out;
     } catch (const Error& e) {
@@ -856,7 +872,10 @@ void Server::serve_connection(const FileDescriptor& conn, const Peer& peer)
         if (!leave_request(conn.get())) {
             return;  // the stop path has answered this caller
         }
-        if (send(conn.get(), h.response.data(), h.response.size(), MSG_NOSIGNAL) < 0) {
+        const bool with_secret = !h.secret_response.empty();
+        const void* data = with_secret ? static_cast<const void*>(h.secret_response.data()) : h.response.data();
+        const std::size_t size = with_secret ? h.secret_response.size() : h.response.size();
+        if (send(conn.get(), data, size, MSG_NOSIGNAL) < 0) {
             log_warning(errno_text("sending a response to " + peer_text(peer), errno));
             return;
         }

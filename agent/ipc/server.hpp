@@ -49,6 +49,7 @@
 #include "agent/error.hpp"
 #include "agent/ops/channel.hpp"
 #include "agent/raii.hpp"
+#include "agent/secure_buffer.hpp"
 
 namespace diskcrypt {
 
@@ -89,6 +90,9 @@ struct ServerState {
 // reports one summary.
 struct Handled {
     std::string response;
+    // Sent instead of `response` when not empty: the response text, a NUL
+    // byte and a secret (recover), in locked memory.
+    SecureBuffer secret_response;
     std::optional<Errc> refused;  // protocol or permission_denied
     std::string op;               // the request's op, "?" if it had none
     std::string message;          // the refusal's message

@@ -34,6 +34,11 @@
 #              same, zero runs zeroed instead of encrypted; too large or odd
 #              images refused untouched; a killed import refuses to attach
 #              until run again; decrypt refused (21)
+#   recovery   stock cryptsetup through the token plugin: refused while the
+#              host disables recovery (the default) and audited; enabled, it
+#              opens the disk with dm-crypt and reads diskcrypt's data; a
+#              service account without the role refused; luksDump without
+#              the wrapped secret; the agent stopped: a clear message
 #
 # Usage: tests/attach/run.sh [TEST,...]
 # Environment: DISKCRYPT_BUILD (default <repo>/build), KMOD (default
@@ -44,12 +49,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import,recovery}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 
 for f in "$KMOD" "$BUILD/cmake/diskcrypt-agent" "$BUILD/cmake/diskcrypt" \
-	"$BUILD/cmake/tests/diskcrypt-test-unwrap" "$SOFTHSM"; do
+	"$BUILD/cmake/tests/diskcrypt-test-unwrap" "$BUILD/cmake/libcryptsetup-token-diskcrypt-kms.so" "$SOFTHSM"; do
 	[ -e "$f" ] || { echo "attach/run.sh: $f is missing; run 'make all' first" >&2; exit 2; }
 done
 

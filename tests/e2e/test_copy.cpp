@@ -44,7 +44,7 @@ struct Site {
     // A second provider, "hsm2": another token in the same SoftHSM2 (its own
     // label, the same PIN) with one key, kKeyOther; the configuration and the
     // policy rewritten to name both. Before start().
-    void add_second_provider()
+    void add_second_provider() const
     {
         diskcrypt::test::run_ok({"softhsm2-util", "--init-token", "--free", "--label", "diskcrypt-b", "--so-pin",
                                  "so-" + hsm.pin(), "--pin", hsm.pin()});

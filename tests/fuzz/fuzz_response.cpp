@@ -1,11 +1,13 @@
 // Fuzz target: the CLI's side: the response decoder, then everything the CLI
 // prints for a response (every command, text and --json), then `list` page by
-// page (cli::list_all) with the input's lines as the agent's pages. A response
+// page (cli::list_all) with the input's lines as the agent's pages; and the
+// token plugin's recover response (JSON, a NUL byte, the secret). A response
 // comes from the agent, but its strings come from headers, devices and peers.
 // diskcrypt::Error is the expected refusal; anything else is a finding.
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -48,6 +50,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
     } catch (const Error&) {
         // The CLI prints a protocol error.
+    }
+    // The token plugin's side: recover's response, JSON text, NUL, secret.
+    try {
+        std::span<const std::uint8_t> secret;
+        const proto::Response r = proto::parse_recover_response(std::span<const std::uint8_t>(data, size), secret);
+        if (r.ok && (secret.empty() || secret.data() < data || secret.data() + secret.size() > data + size)) {
+            __builtin_trap();  // a secret outside the message
+        }
+    } catch (const Error&) {
+        // The plugin logs it and fails the unlock.
     }
 
     // `list`: one page per line, at most 16 pages; no more pages is an agent

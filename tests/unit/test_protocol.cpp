@@ -81,9 +81,9 @@ TEST_CASE("protocol: each malformed request is refused with its message", "[prot
                     "protocol version 2 is not supported (this side speaks version 1)");
     request_refused(R"({"protocol":1})", "request has no 'op' field");
     request_refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
-    request_refused(
-        R"({"protocol":1,"op":"mount"})",
-        "unknown op 'mount' (known: status, list, attach, detach, format, verify, copy, rewrap, import, decrypt)");
+    request_refused(R"({"protocol":1,"op":"mount"})",
+                    "unknown op 'mount' (known: status, list, attach, detach, format, verify, copy, rewrap, import, "
+                    "decrypt, recover)");
     request_refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
     request_refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
     request_refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
@@ -152,9 +152,9 @@ TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable messa
             CHECK(r.code == Errc::protocol);
         }
     }
-    request_refused(
-        R"({"protocol":1,"op":"\u001b[31m"})",
-        "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify, copy, rewrap, import, decrypt)");
+    request_refused(R"({"protocol":1,"op":"\u001b[31m"})",
+                    "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify, copy, rewrap, "
+                    "import, decrypt, recover)");
     request_refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
     request_refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
     // An error whose message carries invalid UTF-8 is still encoded.
@@ -224,6 +224,12 @@ TEST_CASE("protocol: copy, rewrap and decrypt requests round trip", "[protocol][
             .args);
     CHECK(x.disk_id == "d1");
     CHECK_FALSE(x.device.has_value());
+
+    CHECK(
+        proto::recover_args(
+            proto::parse_request(proto::encode_request("recover", proto::to_json(proto::RecoverArgs{"/dev/vdb"}))).args)
+            .device == "/dev/vdb");
+    CHECK_THROWS_WITH(proto::parse_request(R"({"protocol":1,"op":"recover","args":{}})"), Catch::Contains("device"));
 }
 
 TEST_CASE("protocol: progress messages come apart from the response", "[protocol][copy]")
@@ -238,4 +244,42 @@ TEST_CASE("protocol: progress messages come apart from the response", "[protocol
     const proto::Response r = proto::parse_response(R"({"protocol":1,"ok":true,"result":{},"progress":{}})");
     CHECK(r.ok);
     CHECK_FALSE(r.progress.has_value());
+}
+
+TEST_CASE("protocol: recover's response carries the announced secret after a NUL byte, and nothing else",
+          "[protocol][recover]")
+{
+    auto bytes = [](const std::string& text) { return std::vector<std::uint8_t>(text.begin(), text.end()); };
+    const std::string ok = R"({"protocol":1,"ok":true,"result":{"disk_id":"d1","passphrase_bytes":4}})";
+    std::span<const std::uint8_t> secret;
+    std::vector<std::uint8_t> m = bytes(ok + std::string("\0a\0cd", 5));
+    const proto::Response r = proto::parse_recover_response(m, secret);
+    CHECK(r.ok);
+    CHECK(std::string(secret.begin(), secret.end()) == std::string("a\0cd", 4));
+    CHECK(secret.data() == m.data() + ok.size() + 1);
+
+    const std::vector<std::pair<std::string, std::string>> bad = {
+        {ok + std::string("\0abc", 4), "announces 4 passphrase_bytes and carries 3"},
+        {ok, "announces 4 passphrase_bytes and carries 0"},
+        {R"({"protocol":1,"ok":true,"result":{"disk_id":"d1"}})" + std::string("\0abcd", 5),
+         "must announce 1 to 1024 passphrase_bytes"},
+        {R"({"protocol":1,"ok":true,"result":{"passphrase_bytes":0}})" + std::string(1, '\0'),
+         "must announce 1 to 1024 passphrase_bytes"},
+        {R"({"protocol":1,"ok":true,"result":{"passphrase_bytes":"4"}})" + std::string("\0abcd", 5),
+         "must announce 1 to 1024 passphrase_bytes"},
+        {R"({"protocol":1,"ok":false,"error":{"code":"usage","exit":2,"message":"m"}})" + std::string("\0x", 2),
+         "an error response carries no secret"},
+        {std::string("\0abcd", 5), "not valid JSON"},
+    };
+    for (const auto& [text, message] : bad) {
+        INFO(message);
+        m = bytes(text);
+        CHECK_THROWS_WITH(proto::parse_recover_response(m, secret), Catch::Contains(message));
+        CHECK(secret.empty());
+    }
+    m = bytes(R"({"protocol":1,"ok":false,"error":{"code":"not-supported","exit":21,"message":"off"}})");
+    const proto::Response refused = proto::parse_recover_response(m, secret);
+    CHECK_FALSE(refused.ok);
+    CHECK(refused.code == diskcrypt::Errc::not_supported);
+    CHECK(secret.empty());
 }

@@ -69,6 +69,24 @@ TEST_CASE("server: root may do everything, status group members only status", "[
     CHECK(no_format.at("error").at("message") == "op 'format' is not allowed for uid 1000 (pid 2)");
     CHECK(no_format.at("error").at("hint") == "run it as root");
 
+    // recover (the token plugin's): root only, and only where the host
+    // enables it, refused before the device is opened.
+    const std::string recover = R"({"protocol":1,"op":"recover","args":{"device":"/nonexistent"}})";
+    CHECK(call(cfg, member, recover).at("error").at("message") == "op 'recover' is not allowed for uid 1000 (pid 2)");
+    const json disabled = call(cfg, root, recover);
+    CHECK(disabled.at("error").at("code") == "not-supported");
+    CHECK(disabled.at("error").at("exit") == 21);
+    CHECK(disabled.at("error").at("message") == "break-glass recovery of /nonexistent is disabled on this host");
+    CHECK_THAT(disabled.at("error").at("hint").get<std::string>(),
+               Catch::Contains("[recovery] enabled = true in agent.toml"));
+    const diskcrypt::AgentConfig enabled =
+        diskcrypt::parse_config(kConfig + "[recovery]\nenabled = true\n", "agent.toml");
+    CHECK(enabled.recovery);
+    CHECK_FALSE(cfg.recovery);
+    CHECK(call(enabled, root, recover).at("error").at("code") == "device");
+    CHECK_THROWS_WITH(diskcrypt::parse_config(kConfig + "[recovery]\nenable = true\n", "agent.toml"),
+                      Catch::Contains("[recovery]: unknown key 'enable'"));
+
     // Root gets past the socket's authorisation to the access policy, which
     // this agent does not have: every check is denied, before the device.
     const json root_format = call(cfg, root, format);

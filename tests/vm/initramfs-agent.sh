@@ -28,8 +28,14 @@ mkdir -p "$bins"
 for b in diskcrypt-agent diskcrypt tests/diskcrypt-test-unwrap; do
 	strip -o "$bins/${b##*/}" "$BUILD/cmake/$b"
 done
+# The cryptsetup token plugin, where the guest's libcryptsetup looks for
+# external tokens (its libraries are the agent's: libcryptsetup, libcrypto,
+# libstdc++).
+plugin=libcryptsetup-token-diskcrypt-kms.so
+strip --strip-unneeded -o "$bins/$plugin" "$BUILD/cmake/$plugin"
 real=$(readlink -f "$SOFTHSM")
 exec "$ROOT/tests/vm/mkinitramfs.sh" --no-fio --module "$KMOD" \
 	--bin "$bins/diskcrypt-agent" --bin "$bins/diskcrypt" --bin "$bins/diskcrypt-test-unwrap" \
 	--bin "$(command -v softhsm2-util)" --bin "$(command -v pkcs11-tool)" \
-	--file "$real:$SOFTHSM" --file "$real:$real" "$@"
+	--file "$real:$SOFTHSM" --file "$real:$real" \
+	--file "$bins/$plugin:/lib/x86_64-linux-gnu/cryptsetup/$plugin" "$@"
