@@ -1,9 +1,5 @@
 #include "agent/ops/recover.hpp"
 
-#include <libcryptsetup.h>
-
-#include <cerrno>
-
 #include "agent/access.hpp"
 #include "agent/audit.hpp"
 #include "agent/error.hpp"
@@ -43,13 +39,7 @@ RecoverResult recover_secret(const AgentConfig& cfg, const proto::RecoverArgs& a
     check_claim(r.header, DiskClaim{t.disk_id, t.disk_type, key});
     r.policy_revision = authorize(cfg, unwrap_checks(*t.service_account, key));
     r.secret = unwrap_secret(cfg, r.header, t.disk_id);
-    const int rc = crypt_activate_by_passphrase(cd.get(), nullptr, t.keyslot, r.secret.chars(), r.secret.size(), 0);
-    if (rc < 0) {
-        throw Error(Errc::header,
-                    "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
-                        std::to_string(t.keyslot) + (rc == -EPERM ? "" : errno_text("", -rc)),
-                    "the token and the keyslot do not belong together; restore a header backup");
-    }
+    check_keyslot_secret(cd.get(), r.header, r.secret, dev.shown);
     return r;
 }
 

@@ -234,15 +234,20 @@ VerifyResult verify_disk(const AgentConfig& cfg, const proto::VerifyArgs& args)
     }
     check_claim(r.header, claim);
     const SecureBuffer secret = unwrap_secret(cfg, r.header, args.disk_id);
-    const int rc =
-        crypt_activate_by_passphrase(cd.get(), nullptr, r.header.token.keyslot, secret.chars(), secret.size(), 0);
+    check_keyslot_secret(cd.get(), r.header, secret, dev.shown);
+    return r;
+}
+
+void check_keyslot_secret(crypt_device* cd, const DiskHeader& header, const SecureBuffer& secret,
+                          const std::string& shown)
+{
+    const int rc = crypt_activate_by_passphrase(cd, nullptr, header.token.keyslot, secret.chars(), secret.size(), 0);
     if (rc < 0) {
         throw Error(Errc::header,
-                    "device " + dev.shown + ": the unwrapped secret does not open keyslot " +
-                        std::to_string(r.header.token.keyslot) + (rc == -EPERM ? "" : errno_text("", -rc)),
+                    "device " + shown + ": the unwrapped secret does not open keyslot " +
+                        std::to_string(header.token.keyslot) + (rc == -EPERM ? "" : errno_text("", -rc)),
                     "the token and the keyslot do not belong together; restore a header backup");
     }
-    return r;
 }
 
 nlohmann::json to_json(const VerifyResult& r)

@@ -68,6 +68,12 @@ void check_claim(const DiskHeader& header, const DiskClaim& claim);
 // header's mapping parameters or disk type may not match what was wrapped).
 SecureBuffer unwrap_secret(const AgentConfig& cfg, const DiskHeader& header, const std::string& disk_id);
 
+// Error(header) unless `secret` opens the header's keyslot (libcryptsetup
+// checks it against the keyslot's digest; nothing is activated). `shown`
+// names the device.
+void check_keyslot_secret(crypt_device* cd, const DiskHeader& header, const SecureBuffer& secret,
+                          const std::string& shown);
+
 struct VerifyResult {
     DiskHeader header;
     std::string service_account;  // the caller's, which holds decrypt on the key

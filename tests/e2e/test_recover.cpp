@@ -69,8 +69,8 @@ const Plugin& plugin()
     return p;
 }
 
-struct Site {
-    explicit Site(bool recovery)
+struct RecoverSite {
+    explicit RecoverSite(bool recovery)
     {
         hsm.create_key({.id = "disk-key-01", .label = "disk key 1"});
         diskcrypt::test::write_file(config, "[agent]\nsocket = \"" + socket + "\"\nlock_dir = \"" + (dir / "lock") +
@@ -126,14 +126,14 @@ struct Loaded {
 
 using recover_e2e::Loaded;
 using recover_e2e::plugin;
-using recover_e2e::Site;
+using recover_e2e::RecoverSite;
 
 TEST_CASE("e2e recover: the token plugin opens a disk through the agent where the host enables recovery",
           "[e2e][recover]")
 {
     const auto& p = plugin();
     CHECK(std::string(p.version()) == "diskcrypt-kms token 1");
-    Site s(true);
+    RecoverSite s(true);
     Loaded l(s.image);
     // libcryptsetup asks the plugin and checks the secret against the keyslot.
     CHECK(crypt_activate_by_token(l.cd, nullptr, CRYPT_ANY_TOKEN, nullptr, 0) == 0);
@@ -173,7 +173,7 @@ TEST_CASE("e2e recover: the token plugin opens a disk through the agent where th
 TEST_CASE("e2e recover: refused where the host does not enable it, without a role, without an agent", "[e2e][recover]")
 {
     (void)plugin();
-    Site s(false);
+    RecoverSite s(false);
     {
         Loaded l(s.image);
         CHECK(crypt_activate_by_token(l.cd, nullptr, CRYPT_ANY_TOKEN, nullptr, 0) < 0);

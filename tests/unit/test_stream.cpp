@@ -12,6 +12,8 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "agent/error.hpp"
@@ -104,6 +106,18 @@ StreamJob job_for(const Files& f, std::uint64_t size)
     return job;
 }
 
+// The error stream_data stops with: its code and message.
+std::pair<Errc, std::string> stream_error(const StreamJob& job, diskcrypt::OpChannel& channel)
+{
+    try {
+        (void)diskcrypt::stream_data(job, channel);
+    } catch (const Error& e) {
+        return {e.code(), e.what()};
+    }
+    FAIL("stream_data did not fail");
+    return {};
+}
+
 }  // namespace
 
 TEST_CASE("stream: every byte lands in place, zero chunks go to zero, the tail too", "[stream]")
@@ -176,14 +190,10 @@ TEST_CASE("stream: a cancelled run stops with cancelled, and says how far it got
     // Asked before the first window, then while its chunks are in flight (or
     // before the second window, if the first was quicker than the question).
     RecordingChannel channel(2);
-    try {
-        (void)diskcrypt::stream_data(job, channel);
-        FAIL("not cancelled");
-    } catch (const Error& e) {
-        CHECK(e.code() == Errc::cancelled);
-        CHECK_THAT(e.what(), Catch::Contains("copy of disk-a to disk-b cancelled after"));
-        CHECK_THAT(e.what(), Catch::Contains("of " + std::to_string(size) + " bytes"));
-    }
+    const auto [code, message] = stream_error(job, channel);
+    CHECK(code == Errc::cancelled);
+    CHECK_THAT(message, Catch::Contains("copy of disk-a to disk-b cancelled after"));
+    CHECK_THAT(message, Catch::Contains("of " + std::to_string(size) + " bytes"));
     CHECK(points.size() <= 1);
     CHECK(channel.updates().back().at("done") < size);
 }
@@ -197,14 +207,10 @@ TEST_CASE("stream: a failed read or write names the file and the offset", "[stre
         REQUIRE(ftruncate(f.in.get(), static_cast<off_t>(512 + kStreamChunkBytes + 100)) == 0);
         StreamJob job = job_for(f, size);
         diskcrypt::NoChannel channel;
-        try {
-            (void)diskcrypt::stream_data(job, channel);
-            FAIL("no error");
-        } catch (const Error& e) {
-            CHECK(e.code() == Errc::device);
-            CHECK_THAT(e.what(),
-                       Catch::Contains("source test ended at byte " + std::to_string(512 + kStreamChunkBytes + 100)));
-        }
+        const auto [code, message] = stream_error(job, channel);
+        CHECK(code == Errc::device);
+        CHECK_THAT(message,
+                   Catch::Contains("source test ended at byte " + std::to_string(512 + kStreamChunkBytes + 100)));
     }
     SECTION("a target that cannot be written")
     {
@@ -217,12 +223,8 @@ TEST_CASE("stream: a failed read or write names the file and the offset", "[stre
         job.out = ro.get();
         job.out_tail = ro.get();
         diskcrypt::NoChannel channel;
-        try {
-            (void)diskcrypt::stream_data(job, channel);
-            FAIL("no error");
-        } catch (const Error& e) {
-            CHECK(e.code() == Errc::device);
-            CHECK_THAT(e.what(), Catch::Contains("writing target test at byte"));
-        }
+        const auto [code, message] = stream_error(job, channel);
+        CHECK(code == Errc::device);
+        CHECK_THAT(message, Catch::Contains("writing target test at byte"));
     }
 }
