@@ -39,7 +39,12 @@ check h2-format format_disk "$h2" disk-h2 network-ssd
 cryptsetup token export --token-id 0 "$h2" |
 	sed "s/\"created\":\"[^\"]*\"/\"created\":\"$FF\"/" >"$W/h2-token.json"
 check h2-token-edited grep -q "$FF" "$W/h2-token.json"
-check h2-token-import cryptsetup token import --token-id 0 --token-replace --json-file "$W/h2-token.json" "$h2"
+# The token plugin installed in this guest validates diskcrypt tokens and
+# refuses this one at import; an attacker's cryptsetup has no plugin.
+expect_fail h2-token-plugin-refuses cryptsetup token import --token-id 0 --token-replace \
+	--json-file "$W/h2-token.json" "$h2"
+check h2-token-import cryptsetup token import --disable-external-tokens --token-id 0 --token-replace \
+	--json-file "$W/h2-token.json" "$h2"
 unwraps_h2=$(unwrap_count disk-h2)
 expect_exit token-created-ff 7 "field 'created'" attach "$h2" --disk-id disk-h2 --type network-ssd --key "$KEY" --service-account "$SA"
 check token-created-ff-escaped err_has 'xff'
