@@ -104,6 +104,17 @@ test-kmod-debug: kmod cxx debug-kernel
 test-attach: kmod cxx
 	tests/attach/run.sh
 
+# The Debian packages (lintian), DKMS, make install DESTDIR=; then the
+# systemd guest installs those packages and tests the units.
+test-packaging: kmod
+	MAKE_INSTALL_ARGS="CXX_BUILD_TYPE=$(CXX_BUILD_TYPE)" tests/packaging/run.sh
+
+test-systemd: test-packaging
+	tests/systemd/run.sh
+
+deb:
+	packaging/build-deb.sh
+
 # make check also runs the kernel suite's debug-full guest (tests/kmod/run.sh)
 # on the debug kernel, started at once, beside the other steps: it builds the
 # debug kernel first when it is not cached (18-20 CPU-minutes), then boots it.
@@ -137,7 +148,7 @@ check: deps
 		background test-kmod-debug env DISKCRYPT_GUESTS=debug-full \
 			DISKCRYPT_KMOD_WORK=$(BUILD)/vm/kmod-debug-full JOBS=$(JOBS) tests/kmod/run.sh; \
 	fi; \
-	for step in lint unit fuzz-smoke test-vm test-kmod test-attach; do \
+	for step in lint unit fuzz-smoke test-vm test-kmod test-attach test-systemd; do \
 		if [ $$step = fuzz-smoke ]; then \
 			background fuzz-smoke nice -n 19 $(MAKE) -s fuzz-smoke; \
 			continue; \
@@ -166,12 +177,18 @@ bench-attach: deps
 	$(MAKE) all
 	tests/bench/attach-run.sh
 
-install: all
-	$(MAKE) -C kmod install
-	cmake --install $(BUILD)/cmake --prefix $(or $(PREFIX),/usr/local)
+# PREFIX (default /usr/local) is set at configure time: the unit names the
+# agent's installed path. The module goes to /lib/modules/KVER/updates, the
+# token plugin to libcryptsetup's directory; DESTDIR is honoured by both.
+PREFIX ?= /usr/local
+install: kmod
+	cmake -S . -B $(BUILD)/cmake -DCMAKE_BUILD_TYPE=$(CXX_BUILD_TYPE) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(WERROR) >/dev/null
+	cmake --build $(BUILD)/cmake -j $(JOBS)
+	$(MAKE) -C kmod install DESTDIR=$(DESTDIR)
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD)/cmake
 
 clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: all deps kmod debug-kernel test-kmod-debug cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean
+.PHONY: deb test-packaging test-systemd all deps kmod debug-kernel test-kmod-debug cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean

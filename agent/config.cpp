@@ -35,7 +35,8 @@ std::string type_name(const toml::node& node)
 
 std::string unknown_section(const std::string& name)
 {
-    return "unknown section '" + name + "' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME], [recovery])";
+    return "unknown section '" + name +
+           "' (known: [agent], [audit], [auto_attach], [disk_types.TYPE], [providers.NAME], [recovery])";
 }
 
 std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
@@ -179,12 +180,12 @@ Error ConfigSection::error_at(std::string_view key, const std::string& reason) c
 {
     const toml::node* node = table_.get(key);
     const auto& where = node != nullptr ? node->source() : table_.source();
-    return {Errc::config, location(where) + ": [" + name_ + "] " + std::string(key) + ": " + reason};
+    return {Errc::config, location(where) + ": " + section_text() + std::string(key) + ": " + reason};
 }
 
 Error ConfigSection::error(const std::string& reason) const
 {
-    return {Errc::config, location(table_.source()) + ": [" + name_ + "]: " + reason};
+    return {Errc::config, location(table_.source()) + ": " + section_text(true) + reason};
 }
 
 std::optional<std::string> ConfigSection::optional_string(std::string_view key)
@@ -293,8 +294,8 @@ void ConfigSection::finish() const
 {
     for (const auto& [key, node] : table_) {
         if (!used_.contains(key.str())) {
-            throw Error(Errc::config,
-                        location(node.source()) + ": [" + name_ + "]: unknown key '" + std::string(key.str()) + "'");
+            throw Error(Errc::config, location(node.source()) + ": " + section_text(true) + "unknown key '" +
+                                          std::string(key.str()) + "'");
         }
     }
 }
@@ -383,7 +384,8 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     cfg.source = source;
     for (const auto& [key, node] : root) {
         const std::string k(key.str());
-        if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types" && k != "recovery") {
+        if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types" && k != "recovery" &&
+            k != "auto_attach") {
             throw config_error_at(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
@@ -402,6 +404,13 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     if (const auto* recovery = root.get_as<toml::table>("recovery")) {
         ConfigSection s(*recovery, source, "recovery");
         cfg.recovery = s.optional_bool("enabled").value_or(false);
+        s.finish();
+    }
+    if (const auto* auto_attach = root.get_as<toml::table>("auto_attach")) {
+        ConfigSection s(*auto_attach, source, "auto_attach");
+        if (auto dir = s.optional_path("directory")) {
+            cfg.auto_attach_dir = *dir;
+        }
         s.finish();
     }
 

@@ -58,6 +58,12 @@ public:
 private:
     [[nodiscard]] const toml::node* get(std::string_view key);
     [[nodiscard]] std::string location(const toml::source_region& where) const;
+    // "[NAME] " before a key, "[NAME]: " before a reason (colon); "" for a
+    // file's top level (name "", as a provisioning entry).
+    [[nodiscard]] std::string section_text(bool colon = false) const
+    {
+        return name_.empty() ? "" : "[" + name_ + (colon ? "]: " : "] ");
+    }
 
     const toml::table& table_;
     std::string source_;
@@ -78,6 +84,9 @@ struct AgentConfig {
     // [recovery] enabled: whether `recover` (the cryptsetup token plugin's
     // break-glass request) may hand a disk's keyslot secret to root.
     bool recovery = false;
+    // [auto_attach] directory: host provisioning's entries, one file per disk
+    // that may be attached when its device appears (agent/ops/auto_attach.hpp).
+    std::string auto_attach_dir = "/etc/diskcrypt/disks.d";
     // The profiles of the disk types the host overrides ([disk_types.TYPE]),
     // each the built-in one with the host's changes.
     std::map<std::string, DiskProfile, std::less<>> disk_profiles;

@@ -1,10 +1,16 @@
 #include "cli/args.hpp"
 
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <filesystem>
+#include <string_view>
 
 #include "agent/error.hpp"
 #include "agent/names.hpp"
+#include "agent/text.hpp"
 #include "cli/output.hpp"
 
 namespace diskcrypt::cli {
@@ -31,6 +37,28 @@ std::string absolute(const std::string& path)
     std::error_code ec;
     const auto abs = std::filesystem::absolute(path, ec);
     return ec ? path : abs.lexically_normal().string();
+}
+
+// "MAJOR:MINOR" as given, or that of the block device at a path.
+std::string device_number(const std::string& arg)
+{
+    const auto colon = arg.find(':');
+    auto digits = [](std::string_view v) {
+        return !v.empty() && v.size() <= 10 && v.find_first_not_of("0123456789") == std::string_view::npos;
+    };
+    if (colon != std::string::npos && digits(std::string_view(arg).substr(0, colon)) &&
+        digits(std::string_view(arg).substr(colon + 1))) {
+        return arg;
+    }
+    struct stat st {};
+    if (stat(arg.c_str(), &st) != 0) {
+        throw Error(Errc::device, errno_text("cannot find block device '" + printable(arg) + "'", errno),
+                    "name it as MAJOR:MINOR when it is gone");
+    }
+    if (!S_ISBLK(st.st_mode)) {
+        throw Error(Errc::device, "'" + printable(arg) + "' is not a block device");
+    }
+    return std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
 }
 
 void validate_format(proto::FormatArgs& f)
@@ -106,6 +134,8 @@ void validate(Arguments& a)
         if (a.decrypt.device) {
             a.decrypt.device = absolute(*a.decrypt.device);
         }
+    } else if (a.command == Command::auto_attach || a.command == Command::auto_detach) {
+        a.autodev.devno = device_number(a.autodev.devno);
     } else if (a.command == Command::detach) {
         validate_disk_id(a.detach.disk_id);
     } else if (a.command == Command::status && a.status.disk_id) {
@@ -189,6 +219,18 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     detach->add_flag("--force", a.detach.force,
                      "even if it is in use: replace the table with dm-error (all further I/O fails, the key "
                      "leaves the kernel), then remove the mapping when its last user closes it");
+
+    std::string auto_device;
+    auto* auto_attach =
+        app.add_subcommand("auto-attach",
+                           "attach the disk on DEVICE as host provisioning's entry for its serial says (udev's "
+                           "diskcrypt-attach@.service runs it); a device without an entry is refused");
+    auto_attach->add_option("device", auto_device, "the block device, as a path or MAJOR:MINOR")->required();
+    auto* auto_detach = app.add_subcommand(
+        "auto-detach",
+        "detach the mapping backed by DEVICE (forced when the device is gone); udev's diskcrypt-attach@.service "
+        "runs it when the device goes or the unit stops");
+    auto_detach->add_option("device", auto_device, "the block device, as a path or MAJOR:MINOR")->required();
 
     auto* status = app.add_subcommand("status", "show the agent's status, or one attached disk's");
     std::string status_disk;
@@ -298,6 +340,9 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
         if (imp_ss->count() > 0) {
             a.import.format.sector_size = import_sector_size;
         }
+    } else if (auto_attach->parsed() || auto_detach->parsed()) {
+        a.command = auto_attach->parsed() ? Command::auto_attach : Command::auto_detach;
+        a.autodev.devno = auto_device;
     } else if (decrypt->parsed()) {
         a.command = Command::decrypt;
         if (decrypt_dev->count() > 0) {

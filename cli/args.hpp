@@ -11,21 +11,35 @@
 
 namespace diskcrypt::cli {
 
-enum class Command { format, verify, status, attach, detach, list, copy, rewrap, decrypt, import_image };
+enum class Command {
+    format,
+    verify,
+    status,
+    attach,
+    detach,
+    list,
+    copy,
+    rewrap,
+    decrypt,
+    import_image,
+    auto_attach,
+    auto_detach
+};
 
 struct Arguments {
     Command command = Command::status;
     std::string socket = std::string(proto::kDefaultSocketPath);
     bool json = false;
-    proto::FormatArgs format;    // for Command::format
-    proto::VerifyArgs verify;    // for Command::verify
-    proto::AttachArgs attach;    // for Command::attach
-    proto::DetachArgs detach;    // for Command::detach
-    proto::StatusArgs status;    // for Command::status
-    proto::CopyArgs copy;        // for Command::copy
-    proto::RewrapArgs rewrap;    // for Command::rewrap
-    proto::DecryptArgs decrypt;  // for Command::decrypt
-    proto::ImportArgs import;    // for Command::import_image
+    proto::FormatArgs format;       // for Command::format
+    proto::VerifyArgs verify;       // for Command::verify
+    proto::AttachArgs attach;       // for Command::attach
+    proto::DetachArgs detach;       // for Command::detach
+    proto::StatusArgs status;       // for Command::status
+    proto::CopyArgs copy;           // for Command::copy
+    proto::RewrapArgs rewrap;       // for Command::rewrap
+    proto::DecryptArgs decrypt;     // for Command::decrypt
+    proto::ImportArgs import;       // for Command::import_image
+    proto::AutoDeviceArgs autodev;  // for Command::auto_attach and auto_detach (MAJ:MIN)
 };
 
 // Parses argv (argv[0] is the program name). On --help, a usage error or an

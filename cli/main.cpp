@@ -42,6 +42,12 @@ int main(int argc, char** argv)
             case cli::Command::attach:
                 request = proto::encode_request("attach", proto::to_json(args->attach));
                 break;
+            case cli::Command::auto_attach:
+                request = proto::encode_request("auto-attach", proto::to_json(args->autodev));
+                break;
+            case cli::Command::auto_detach:
+                request = proto::encode_request("auto-detach", proto::to_json(args->autodev));
+                break;
             case cli::Command::detach:
                 request = proto::encode_request("detach", proto::to_json(args->detach));
                 break;

@@ -279,6 +279,18 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             row(out, "access policy", str(r, "policy_revision"));
             disk_rows(out, r);
             break;
+        case Command::auto_attach:
+            out << str(r, "path") << '\n';
+            row(out, "disk",
+                str(r, "disk_id") + (flag(r, "already_attached") ? ": already attached from this device, unchanged"
+                                                                 : ": attached in " + str(r, "elapsed_ms") + " ms"));
+            row(out, "device",
+                str(r, "backing_device") + " (" + str(r, "devno") + ", serial " + str(r, "serial") + ")");
+            row(out, "provisioning entry", str(r, "provisioning_entry"));
+            row(out, "service account", str(r, "service_account"));
+            row(out, "access policy", str(r, "policy_revision"));
+            break;
+        case Command::auto_detach:
         case Command::detach:
             if (flag(r, "forced")) {
                 out << "Forced detach of disk " << str(r, "disk_id") << ": " << str(r, "path")

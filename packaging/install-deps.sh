@@ -37,6 +37,9 @@ PACKAGES=(
 	catch2
 	# e2e: strace kills the agent at each of its writes (rewrap crash safety)
 	strace
+	# Debian packages (packaging/build-deb.sh), DKMS, man pages, and the
+	# systemd guest's root file system (tests/vm/mkrootfs-systemd.sh)
+	dpkg-dev debhelper dh-dkms dkms lintian fakeroot go-md2man man-db mmdebstrap
 	# PKCS#11 KMS backend and its test HSM
 	libp11-kit-dev softhsm2 opensc
 )

@@ -88,6 +88,8 @@ const std::vector<OpSpec>& ops()
         {"import", import_spec},
         {"decrypt", {{"device", ArgType::string, false}, {"disk_id", ArgType::string, true}}},
         {"recover", {{"device", ArgType::string, true}}},
+        {"auto-attach", {{"devno", ArgType::string, true}}},
+        {"auto-detach", {{"devno", ArgType::string, true}}},
     };
     return kOps;
 }
@@ -529,6 +531,10 @@ Response parse_recover_response(std::span<const std::uint8_t> message, std::span
 }
 
 RecoverArgs recover_args(const json& args) { return RecoverArgs{args.at("device").get<std::string>()}; }
+
+AutoDeviceArgs auto_device_args(const json& args) { return AutoDeviceArgs{args.at("devno").get<std::string>()}; }
+
+json to_json(const AutoDeviceArgs& a) { return {{"devno", a.devno}}; }
 
 json to_json(const RecoverArgs& a) { return json{{"device", a.device}}; }
 

@@ -185,6 +185,16 @@ struct RecoverArgs {
 RecoverArgs recover_args(const nlohmann::json& args);
 nlohmann::json to_json(const RecoverArgs& a);
 
+// Arguments of "auto-attach" and "auto-detach" (udev's
+// diskcrypt-attach@MAJ:MIN.service): the block device by its number, as
+// udev names it; the claims come from the host's provisioning entry
+// (agent/ops/auto_attach.hpp), never from the caller or the header.
+struct AutoDeviceArgs {
+    std::string devno;  // "MAJOR:MINOR"
+};
+AutoDeviceArgs auto_device_args(const nlohmann::json& args);
+nlohmann::json to_json(const AutoDeviceArgs& a);
+
 // Arguments of "detach".
 struct DetachArgs {
     std::string disk_id;

@@ -12,8 +12,10 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <system_error>
 #include <thread>
@@ -24,6 +26,7 @@
 #include "agent/ipc/protocol.hpp"
 #include "agent/log.hpp"
 #include "agent/ops/attach.hpp"
+#include "agent/ops/auto_attach.hpp"
 #include "agent/ops/copy.hpp"
 #include "agent/ops/format.hpp"
 #include "agent/ops/import.hpp"
@@ -103,7 +106,7 @@ json status(const AgentConfig& cfg, const ServerState& state)
 std::string describe_args(const proto::Request& r)
 {
     std::string out;
-    for (const char* key : {"device", "disk_id", "type", "key", "service_account", "user", "after"}) {
+    for (const char* key : {"device", "devno", "disk_id", "type", "key", "service_account", "user", "after"}) {
         if (const auto it = r.args.find(key); it != r.args.end() && it->is_string()) {
             // Peer text, quoted and made printable.
             out += std::string(" ") + key + "=\"" + printable(it->get<std::string>()) + "\"";
@@ -173,6 +176,36 @@ struct RefusalCount {
     std::size_t count = 0;
     std::string op;
     std::string message;
+};
+
+// systemd's service watchdog: enabled when the unit sets WatchdogSec= (the
+// manager passes WATCHDOG_USEC and WATCHDOG_PID).
+class Watchdog {
+public:
+    static Watchdog from_environment()
+    {
+        std::uint64_t usec = 0;
+        Watchdog w;
+        if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+            // At least 1 ms: a 1 us interval must not become a busy loop.
+            w.half_ =
+                std::max(std::chrono::milliseconds(1),
+                         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::microseconds(usec / 2)));
+        }
+        return w;
+    }
+    [[nodiscard]] bool enabled() const { return half_.count() > 0; }
+    [[nodiscard]] std::chrono::milliseconds half_interval() const { return half_; }
+    // poll()'s timeout until the next ping is due (0 when it is).
+    [[nodiscard]] static int poll_timeout_ms(std::chrono::steady_clock::time_point next)
+    {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(next - std::chrono::steady_clock::now()).count();
+        return static_cast<int>(std::clamp<std::int64_t>(left + 1, 0, 60'000));
+    }
+
+private:
+    std::chrono::milliseconds half_{0};
 };
 
 }  // namespace
@@ -394,6 +427,21 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
             log_warning("recover done: " + note);
             result = to_json(rec);
             secret = std::move(rec.secret);
+        } else if (r.op == "auto-attach") {
+            const AutoAttachResult a = auto_attach(cfg, proto::auto_device_args(r.args));
+            ctx.luks_uuid = a.attach.disk.luks_uuid;
+            note = (a.attach.already_attached ? "already attached: " : "attached: ") + a.attach.disk.path +
+                   " (serial " + a.device.serial + ", " + a.entry + ")";
+            log_info("auto-attach done: disk=" + a.attach.disk.disk_id + " device=" + a.device.path +
+                     " devno=" + a.device.devno + " serial=" + a.device.serial + " entry=" + a.entry +
+                     " mapping=" + a.attach.disk.path + " in " + std::to_string(a.attach.elapsed_ms) + " ms");
+            result = to_json(a);
+        } else if (r.op == "auto-detach") {
+            const AutoDetachResult d = auto_detach(cfg, proto::auto_device_args(r.args));
+            note = std::string(d.device_present ? "detached" : "device gone: forced") +
+                   (d.detach.deferred ? ", removal deferred until closed" : "");
+            log_info("auto-detach done: disk=" + d.detach.disk.disk_id + " devno=" + d.devno + " (" + note + ")");
+            result = to_json(d);
         } else if (r.op == "detach") {
             const DetachResult d = detach_disk(cfg, proto::detach_args(r.args));
             note = d.forced ? (d.deferred ? "forced, removal deferred until closed" : "forced") : "detached";
@@ -586,10 +634,26 @@ void Server::reload_policy()
 int Server::run()
 {
     (void)sd_notify(0, "READY=1\nSTATUS=serving");
+    // systemd's watchdog (WatchdogSec= in the unit): WATCHDOG=1 at half the
+    // interval, from this loop, so a stuck accept loop is restarted.
+    const Watchdog watchdog = Watchdog::from_environment();
+    auto next_ping = std::chrono::steady_clock::now();
     std::array<pollfd, 2> fds{{{listen_fd_.get(), POLLIN, 0}, {signal_fd_.get(), POLLIN, 0}}};
     int rc = 0;
     for (;;) {
-        if (poll(fds.data(), fds.size(), -1) < 0) {
+        if (watchdog.enabled()) {
+            const auto now = std::chrono::steady_clock::now();
+            if (now >= next_ping) {
+                (void)sd_notify(0, "WATCHDOG=1");
+                next_ping = now + watchdog.half_interval();
+            }
+        }
+        const int timeout = watchdog.enabled() ? Watchdog::poll_timeout_ms(next_ping) : -1;
+        const int ready = poll(fds.data(), fds.size(), timeout);
+        if (ready == 0) {
+            continue;
+        }
+        if (ready < 0) {
             if (errno == EINTR) {
                 continue;
             }

@@ -1,13 +1,11 @@
 #include "agent/policy/source.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
+#include <sys/stat.h>
 
-#include <cerrno>
 #include <utility>
 
 #include "agent/error.hpp"
-#include "agent/raii.hpp"
+#include "agent/trusted_file.hpp"
 
 namespace diskcrypt::policy {
 
@@ -21,57 +19,15 @@ FilePolicySource::FilePolicySource(std::string path, Observer observer)
 
 std::shared_ptr<const Policy> FilePolicySource::read(Identity& identity) const
 {
-    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open is a C vararg API
-    FileDescriptor fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK));
-    if (!fd) {
-        const int e = errno;
-        if (e == ELOOP) {
-            throw Error(Errc::config, "access policy " + path_ + " is a symbolic link; name the file itself");
-        }
-        throw Error(Errc::config, errno_text("cannot read access policy " + path_, e));
-    }
     struct stat st {};
-    if (fstat(fd.get(), &st) != 0) {
-        throw Error(Errc::config, errno_text("cannot stat access policy " + path_, errno));
+    try {
+        TrustedFile f = read_trusted_file(path_, "access policy", kMaxPolicyBytes, &st);
+        identity = Identity{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+        return std::make_shared<const Policy>(Policy::parse(f.text, path_));
+    } catch (const Error&) {
+        identity = Identity{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+        throw;
     }
-    identity = Identity{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
-    if (!S_ISREG(st.st_mode)) {
-        throw Error(Errc::config, "access policy " + path_ + " is not a regular file");
-    }
-    if (st.st_uid != 0 && st.st_uid != geteuid()) {
-        throw Error(Errc::config,
-                    "access policy " + path_ + " is owned by uid " + std::to_string(st.st_uid) +
-                        ", not by root or the agent's user; whoever owns it decides who gets keys",
-                    "chown root:root " + path_);
-    }
-    if ((st.st_mode & 022U) != 0) {
-        throw Error(Errc::config,
-                    "access policy " + path_ +
-                        " is writable by group or others; whoever can write it decides "
-                        "who gets keys",
-                    "chmod go-w " + path_);
-    }
-    if (static_cast<std::size_t>(st.st_size) > kMaxPolicyBytes) {
-        throw Error(Errc::config,
-                    "access policy " + path_ + " is larger than " + std::to_string(kMaxPolicyBytes >> 20) + " MiB");
-    }
-    std::string text(kMaxPolicyBytes + 1, '\0');
-    std::size_t got = 0;
-    while (got < text.size()) {
-        const ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            throw Error(Errc::config, errno_text("cannot read access policy " + path_, errno));
-        }
-        if (n == 0) {
-            break;
-        }
-        got += static_cast<std::size_t>(n);
-    }
-    text.resize(got);
-    return std::make_shared<const Policy>(Policy::parse(text, path_));
 }
 
 void FilePolicySource::refresh(bool force)

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -56,6 +57,30 @@ struct Agent {
     std::string log = dir / "agent.log";
     std::string image = dir / "disk.img";
     std::unique_ptr<diskcrypt::test::Background> agent;
+};
+
+// systemd's notification socket, played by the test (sd_notify(3)).
+struct NotifySocket {
+    explicit NotifySocket(std::string p) : path(std::move(p))
+    {
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        REQUIRE(path.size() < sizeof(addr.sun_path));
+        std::copy(path.begin(), path.end(), &addr.sun_path[0]);
+        REQUIRE(bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0);
+    }
+    // One datagram, or "" after timeout_ms.
+    [[nodiscard]] std::string receive(int timeout_ms) const
+    {
+        timeval tv{timeout_ms / 1000, static_cast<suseconds_t>((timeout_ms % 1000) * 1000)};
+        (void)setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        std::array<char, 512> buf{};
+        const ssize_t n = recv(fd.get(), buf.data(), buf.size() - 1, 0);
+        return n > 0 ? std::string(buf.data(), static_cast<std::size_t>(n)) : std::string();
+    }
+
+    std::string path;
+    FileDescriptor fd{socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
 };
 
 bool has_event(const std::vector<json>& events, const json& fields)
@@ -150,12 +175,8 @@ TEST_CASE("e2e systemd: READY=1 and STOPPING=1 on NOTIFY_SOCKET, the socket pass
 {
     Agent a;
     // The notification socket the agent reports to, as systemd's.
-    const std::string notify_path = a.dir / "notify";
-    const FileDescriptor notify(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::copy(notify_path.begin(), notify_path.end(), &addr.sun_path[0]);
-    REQUIRE(bind(notify.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0);
+    const NotifySocket notify(a.dir / "notify");
+    const std::string& notify_path = notify.path;
     // The listening socket, made by "systemd" (the test) at a path of its choice.
     const std::string activated = a.dir / "activated.sock";
     FileDescriptor listener(socket(AF_UNIX, SOCK_SEQPACKET, 0));
@@ -184,13 +205,7 @@ TEST_CASE("e2e systemd: READY=1 and STOPPING=1 on NOTIFY_SOCKET, the socket pass
         _exit(127);
     }
     listener.reset();
-    auto receive = [&notify](int timeout_s) {
-        timeval tv{timeout_s, 0};
-        (void)setsockopt(notify.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        std::array<char, 512> buf{};
-        const ssize_t n = recv(notify.get(), buf.data(), buf.size() - 1, 0);
-        return n > 0 ? std::string(buf.data(), static_cast<std::size_t>(n)) : std::string();
-    };
+    auto receive = [&notify](int timeout_s) { return notify.receive(timeout_s * 1000); };
     const std::string ready = receive(20);
     CHECK_THAT(ready, Contains("READY=1"));
     // It serves on the passed socket and made no file of its own.
@@ -208,4 +223,37 @@ TEST_CASE("e2e systemd: READY=1 and STOPPING=1 on NOTIFY_SOCKET, the socket pass
     CHECK_THAT(diskcrypt::test::read_file(a.log), Contains("listening on the socket passed by systemd"));
     // The socket stays: it belongs to systemd.
     CHECK(std::filesystem::exists(activated));
+}
+
+TEST_CASE("e2e systemd: WATCHDOG=1 at half of WATCHDOG_USEC, none without it", "[e2e][systemd]")
+{
+    Agent a;
+    const NotifySocket notify(a.dir / "notify");
+    const bool with_watchdog = GENERATE(true, false);
+    setenv("NOTIFY_SOCKET", notify.path.c_str(), 1);
+    if (with_watchdog) {
+        setenv("WATCHDOG_USEC", "200000", 1);  // WatchdogSec=200ms: a ping every 100 ms
+    }
+    a.start();
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    // The first ping may come before READY=1.
+    std::string first = notify.receive(20'000);
+    while (!first.empty() && first.find("READY=1") == std::string::npos) {
+        first = notify.receive(20'000);
+    }
+    REQUIRE_THAT(first, Contains("READY=1"));
+    int pings = 0;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1000);
+    while (std::chrono::steady_clock::now() < until) {
+        if (notify.receive(200).find("WATCHDOG=1") != std::string::npos) {
+            ++pings;
+        }
+    }
+    INFO("agent log:\n" << diskcrypt::test::read_file(a.log));
+    if (with_watchdog) {
+        CHECK(pings >= 3);  // about ten in a second; three show that it repeats
+    } else {
+        CHECK(pings == 0);
+    }
 }

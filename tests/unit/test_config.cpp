@@ -168,7 +168,8 @@ TEST_CASE("config: each error names its line and reason", "[config]")
     SECTION("unknown section")
     {
         refused(kProvider + "[server]\nport = 1\n",
-                "agent.toml:6: unknown section 'server' (known: [agent], [audit], [disk_types.TYPE], [providers.NAME], "
+                "agent.toml:6: unknown section 'server' (known: [agent], [audit], [auto_attach], [disk_types.TYPE], "
+                "[providers.NAME], "
                 "[recovery])");
     }
     SECTION("unknown key in [agent]")

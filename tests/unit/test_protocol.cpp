@@ -83,7 +83,7 @@ TEST_CASE("protocol: each malformed request is refused with its message", "[prot
     request_refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
     request_refused(R"({"protocol":1,"op":"mount"})",
                     "unknown op 'mount' (known: status, list, attach, detach, format, verify, copy, rewrap, import, "
-                    "decrypt, recover)");
+                    "decrypt, recover, auto-attach, auto-detach)");
     request_refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
     request_refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
     request_refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
@@ -154,7 +154,7 @@ TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable messa
     }
     request_refused(R"({"protocol":1,"op":"\u001b[31m"})",
                     "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify, copy, rewrap, "
-                    "import, decrypt, recover)");
+                    "import, decrypt, recover, auto-attach, auto-detach)");
     request_refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
     request_refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
     // An error whose message carries invalid UTF-8 is still encoded.

@@ -111,3 +111,91 @@ die_on_kernel_warning() {
 		exit 1
 	fi
 }
+
+# dctest_main: run the tests named by "dctest.run=a,b,c" on the kernel command
+# line (each /tests/*/NAME.sh, or /tests/DIR/NAME.sh for DIR/NAME), scan the
+# kernel log, write the verdict to ttyS1 and end QEMU through isa-debug-exit
+# (QEMU exits 1 on pass, 3 on fail). The busybox guest's /init and the systemd
+# guest's test unit both end with it.
+dctest_main() {
+	tests=""
+	read -r cmdline </proc/cmdline
+	set -f
+	# shellcheck disable=SC2086 # split the command line into words
+	for arg in $cmdline; do
+		case "$arg" in
+		dctest.run=*) tests=${arg#dctest.run=} ;;
+		esac
+	done
+
+	export KVER
+	KVER=$(uname -r)
+	[ -n "$tests" ] || fail dctest "no tests given (kernel argument dctest.run=a,b,c)"
+
+	old_ifs=$IFS
+	IFS=,
+	# shellcheck disable=SC2086 # split the comma-separated list
+	set -- $tests
+	IFS=$old_ifs
+	set +f
+
+	for name in "$@"; do
+		case "$name" in
+		*/*) scripts=$(ls /tests/"$name".sh 2>/dev/null) ;;
+		*) scripts=$(ls /tests/*/"$name".sh 2>/dev/null) ;;
+		esac
+		case "$(echo "$scripts" | wc -w)" in
+		1) ;;
+		0)
+			fail "$name" "no test script /tests/*/$name.sh"
+			continue
+			;;
+		*)
+			fail "$name" "ambiguous, name one of: $(echo "$scripts" | tr '\n' ' ')"
+			continue
+			;;
+		esac
+
+		echo "=== dctest: $name ($scripts) ==="
+		started=$(now_ms)
+		before=$(($(dctest_count PASS) + $(dctest_count FAIL)))
+		failed_before=$(dctest_count FAIL)
+		(
+			cd "$(dirname "$scripts")" || exit 1
+			export DCTEST_TEST="$name"
+			exec sh "$scripts"
+		) </dev/null
+		rc=$?
+		info "time $name $((($(now_ms) - started) / 1000)) s"
+		after=$(($(dctest_count PASS) + $(dctest_count FAIL)))
+		if [ "$rc" -ne 0 ] && [ "$(dctest_count FAIL)" -eq "$failed_before" ]; then
+			fail "$name" "exited $rc"
+		elif [ "$after" -eq "$before" ]; then
+			fail "$name" "reported no result"
+		fi
+	done
+
+	# Warnings may not reach the console at loglevel=4: scan the whole kernel log.
+	if bad=$(dmesg | grep -E "$DCTEST_KERNEL_BAD"); then
+		echo "=== dctest: kernel log has bugs or warnings; full dmesg follows ==="
+		dmesg
+		fail kernel-log "$(echo "$bad" | dctest_first_message)"
+	fi
+
+	npass=$(dctest_count PASS)
+	nfail=$(dctest_count FAIL)
+	if [ "$nfail" -eq 0 ] && [ "$npass" -gt 0 ]; then
+		echo "VERDICT PASS $npass" >>"$DCTEST_OUT"
+		exit_byte='\000'
+	else
+		echo "VERDICT FAIL $nfail of $((npass + nfail))" >>"$DCTEST_OUT"
+		exit_byte='\001'
+	fi
+	echo "=== dctest: $npass passed, $nfail failed ==="
+	sync
+
+	# isa-debug-exit at port 0xf4: QEMU exits with (byte << 1) | 1.
+	printf '%b' "$exit_byte" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2>/dev/null
+	poweroff -f
+	while :; do sleep 3600; done
+}
