@@ -6,14 +6,19 @@
 #   make check    every test: lint, host unit tests (a Release build with
 #                 -Werror, as release-check, and ASan+UBSan), 10 s of each fuzz
 #                 target, the harness self-test, the kernel suite on Debian's
-#                 kernel and on the debug kernel (DEBUG_KERNEL=0: not) and the
-#                 attach suite in QEMU guests (the README's second command)
+#                 kernel and on the debug kernel (DEBUG_KERNEL=0: not), the
+#                 attach suite in QEMU guests, the Debian packages and the
+#                 systemd guest (the README's second command)
 #   make all      build the module (kmod/) and the C++ parts (CMake)
 #   make debug-kernel  build the guest's debug kernel (KASAN, lockdep, ...) once;
 #                 cached in ~/.cache/diskcrypt/debug-kernel (tests/vm/debug-kernel.sh)
 #   make test-kmod-debug  the kernel suite's debug-full guest on that kernel
 #                 alone (make check: beside the other steps)
 #   make test-attach  agent, CLI, SoftHSM2 and the module together in a guest
+#   make deb      the Debian packages (diskcrypt, diskcrypt-dkms) in build/deb, lintian
+#   make test-packaging  the packages, lintian, dkms build, make install DESTDIR=
+#   make test-systemd  the packages installed in a Debian guest booting systemd:
+#                 units, hardening, restarts, watchdog, udev auto-attach (hot-plug)
 #   make bench    throughput (raw, dm-crypt, diskcrypt) in two modes, then attach
 #                 latency: BENCH_MODE=both (default), icount (instructions per
 #                 I/O under QEMU -icount, repeatable) or wallclock (medians)

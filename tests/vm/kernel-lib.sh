@@ -22,3 +22,25 @@ guest_kernel_versions() {
 	[[ -n "$KVER" && -n "$PKGVER" ]] ||
 		die "cannot derive the kernel release and package version from '$deps'"
 }
+
+# install_modules STAGE KTREE KVER MODULE...: the guest kernel's in-tree
+# modules with their dependencies (ignoring the host's modprobe.d), copied
+# from the kernel tree KTREE into STAGE, with the index files depmod needs. A
+# module built into the kernel (modules.builtin) copies nothing; a module that
+# is neither is an error.
+install_modules() {
+	local stage=$1 ktree=$2 kver=$3 mod ko rel f
+	shift 3
+	for mod in "$@"; do
+		modprobe -C /dev/null -S "$kver" -d "$ktree" --show-depends "$mod" ||
+			die "module $mod not found in $ktree"
+	done | awk '$1 == "insmod" { print $2 }' | LC_ALL=C sort -u | while read -r ko; do
+		rel=${ko#"$ktree"/}
+		mkdir -p "$stage/$(dirname "$rel")"
+		cp "$ko" "$stage/$rel"
+	done
+	mkdir -p "$stage/lib/modules/$kver"
+	for f in modules.order modules.builtin modules.builtin.modinfo; do
+		cp "$ktree/lib/modules/$kver/$f" "$stage/lib/modules/$kver/"
+	done
+}

@@ -28,6 +28,8 @@ umask 022
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 GUEST=$ROOT/tests/vm/guest
+# shellcheck source=kernel-lib.sh
+. "$ROOT/tests/vm/kernel-lib.sh"
 
 # In-tree modules the guest loads at boot (dependencies are added automatically).
 MODULES=(
@@ -172,19 +174,13 @@ done
 # built into the kernel (all of them in the debug kernel) is listed in modules.builtin:
 # modprobe prints "builtin NAME" for it, nothing is copied, and in the guest modprobe
 # succeeds without loading anything. A module that is neither is an error.
+wanted=()
 for mod in "${MODULES[@]}"; do
 	[[ "$oot_names" != *" ${mod//-/_} "* ]] || continue
 	[[ "$no_kmods" != *" $mod "* ]] || continue
-	modprobe -C /dev/null -S "$kver" -d "$ktree" --show-depends "$mod" ||
-		die "module $mod not found in $ktree"
-done | awk '$1 == "insmod" { print $2 }' | LC_ALL=C sort -u | while read -r ko; do
-	rel=${ko#"$ktree"/}
-	mkdir -p "$STAGE/$(dirname "$rel")"
-	cp "$ko" "$STAGE/$rel"
+	wanted+=("$mod")
 done
-for f in modules.order modules.builtin modules.builtin.modinfo; do
-	cp "$ktree/$mroot/$f" "$STAGE/$mroot/"
-done
+install_modules "$STAGE" "$ktree" "$kver" "${wanted[@]}"
 
 depmod -b "$STAGE" "$kver"
 

@@ -25,6 +25,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 CACHE=${DISKCRYPT_CACHE:-$HOME/.cache/diskcrypt}/systemd-guest
 GUEST=$ROOT/tests/vm/guest
+# shellcheck source=kernel-lib.sh
+. "$ROOT/tests/vm/kernel-lib.sh"
 
 # What the guest runs: systemd and udev, the agent's libraries (dpkg checks
 # the packages' dependencies), SoftHSM2 and pkcs11-tool for the KMS, stock
@@ -114,16 +116,7 @@ tar -xf "$base" -C "$STAGE"
 # Kernel modules: the in-tree ones with their dependencies, and ours where
 # dkms install puts it.
 mroot=lib/modules/$kver
-for mod in "${MODULES[@]}"; do
-	modprobe -C /dev/null -S "$kver" -d "$ktree" --show-depends "$mod" || die "module $mod not found in $ktree"
-done | awk '$1 == "insmod" { print $2 }' | LC_ALL=C sort -u | while read -r ko; do
-	rel=${ko#"$ktree"/}
-	mkdir -p "$STAGE/$(dirname "$rel")"
-	cp "$ko" "$STAGE/$rel"
-done
-for f in modules.order modules.builtin modules.builtin.modinfo; do
-	cp "$ktree/$mroot/$f" "$STAGE/$mroot/"
-done
+install_modules "$STAGE" "$ktree" "$kver" "${MODULES[@]}"
 magic=$(modinfo -F vermagic "$module") || die "--module $module: not a kernel module"
 [[ "${magic%% *}" == "$kver" ]] || die "--module $module was built for '${magic%% *}', the guest runs $kver"
 install -D -m 0644 "$module" "$STAGE/$mroot/updates/dkms/$(basename "$module")"
