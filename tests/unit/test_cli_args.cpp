@@ -516,3 +516,27 @@ TEST_CASE("cli: progress is a bar on a terminal, JSON lines with --json, nothing
         CHECK_THAT(err.str(), Contains("copy [##############################] 5 B of 0 B, 0 B/s"));
     }
 }
+
+TEST_CASE("cli: auto-attach and auto-detach take MAJ:MIN or a block device's path", "[cli]")
+{
+    using diskcrypt::cli::Command;
+    const Parsed a = parse({"auto-attach", "253:32"});
+    REQUIRE(a.args);
+    CHECK(a.args->command == Command::auto_attach);
+    CHECK(a.args->autodev.devno == "253:32");
+    const Parsed d = parse({"auto-detach", "253:32"});
+    REQUIRE(d.args);
+    CHECK(d.args->command == Command::auto_detach);
+    // /dev/null is a character device: refused, exit 5, named.
+    const Parsed c = parse({"auto-attach", "/dev/null"});
+    CHECK_FALSE(c.args);
+    CHECK(c.code == 5);
+    CHECK_THAT(c.err, Catch::Matchers::Contains("'/dev/null' is not a block device"));
+    // A path that is gone: say how to name it.
+    const Parsed g = parse({"auto-detach", "/dev/no-such-disk"});
+    CHECK_FALSE(g.args);
+    CHECK(g.code == 5);
+    CHECK_THAT(g.err, Catch::Matchers::Contains("MAJOR:MINOR"));
+    CHECK_FALSE(parse({"auto-attach"}).args);
+    CHECK(parse({"auto-attach"}).code == 2);
+}
