@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "agent/text.hpp"
+
 namespace diskcrypt {
 
 namespace {
@@ -100,7 +102,9 @@ void for_each_named_section(const toml::table& root, const std::string& group, c
         return;
     }
     for (const auto& [key, node] : *tables) {
-        const std::string name(key.str());
+        // Outside text: escaped where it enters (a name that is not text is
+        // refused by its validator, and reported escaped).
+        const std::string name = printable(key.str());
         std::string section = group;
         section += ".";
         section += name;
@@ -295,7 +299,7 @@ void ConfigSection::finish() const
     for (const auto& [key, node] : table_) {
         if (!used_.contains(key.str())) {
             throw Error(Errc::config, location(node.source()) + ": " + section_text(true) + "unknown key '" +
-                                          std::string(key.str()) + "'");
+                                          printable(key.str()) + "'");
         }
     }
 }
@@ -312,7 +316,7 @@ toml::table parse_toml(std::string_view text, const std::string& source)
         return toml::parse(text, source);
     } catch (const toml::parse_error& e) {
         throw Error(Errc::config,
-                    source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
+                    source + ":" + std::to_string(e.source().begin.line) + ": " + sanitize(e.description()));
     }
 }
 
@@ -383,7 +387,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     AgentConfig cfg;
     cfg.source = source;
     for (const auto& [key, node] : root) {
-        const std::string k(key.str());
+        const std::string k = printable(key.str());
         if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types" && k != "recovery" &&
             k != "auto_attach") {
             throw config_error_at(source, node, unknown_section(k));

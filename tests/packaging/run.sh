@@ -57,7 +57,9 @@ dpkg-deb -f "$dkms_deb" Depends | grep -q dkms || fail contents "diskcrypt-dkms 
 ((failures)) || pass contents
 
 # 3. DKMS builds the module from the package's source, for the guest's kernel,
-# in a DKMS tree of its own (nothing is installed on this machine).
+# in a DKMS tree of its own: nothing is installed on this machine, but DKMS
+# makes its module signing key (/var/lib/dkms/mok.key) on first use, as on
+# any Debian host.
 kver=$("$ROOT/tests/vm/kernel.sh")
 work=$OUT/dkms
 rm -rf "$work"
