@@ -23,6 +23,8 @@
 #                 latency: BENCH_MODE=both (default), icount (instructions per
 #                 I/O under QEMU -icount, repeatable) or wallclock (medians)
 #   make bench-attach attach latency alone: diskcrypt vs cryptsetup open
+#   make bench-kms  KMS unwraps per second, p50/p99, 1/8/64 at once: PKCS#11
+#                 (SoftHSM2) and KMIP (PyKMIP over TLS) side by side
 #   make lint     checkpatch --strict, W=1, sparse, clang-tidy, clang-format
 #   make fuzz-smoke  build the libFuzzer targets (clang) and run each for
 #                 FUZZ_SMOKE_SECONDS (10); part of make check
@@ -177,6 +179,11 @@ bench: deps
 	$(MAKE) all
 	BENCH_MODE=$(BENCH_MODE) tests/bench/run.sh
 	tests/bench/attach-run.sh
+	$(BUILD)/cmake/tests/kms-bench "[.bench]"
+
+bench-kms: deps
+	$(MAKE) all
+	$(BUILD)/cmake/tests/kms-bench "[.bench]"
 
 bench-attach: deps
 	$(MAKE) all
@@ -196,4 +203,4 @@ clean:
 	$(MAKE) -C kmod clean
 	rm -rf $(BUILD)
 
-.PHONY: deb test-packaging test-systemd all deps kmod debug-kernel test-kmod-debug cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach install clean
+.PHONY: deb test-packaging test-systemd all deps kmod debug-kernel test-kmod-debug cxx cxx-asan release-check fuzz-build fuzz-smoke fuzz lint unit test-vm test-kmod test-attach check demo bench bench-attach bench-kms install clean

@@ -15,6 +15,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -45,6 +46,7 @@ struct Context {
     std::string luks_uuid;
     std::string user;             // format: the acting user the control plane names
     std::string policy_revision;  // the access policy's revision a decision was made under
+    long long kms_us = 0;         // time this request spent in KMS calls (kms_call), microseconds
 };
 
 struct Event {
@@ -103,11 +105,18 @@ auto kms_call(std::string_view what, const KeyRef& key, F&& fn)
     }
     Event e{std::string(what), "ok", *ctx, {}, {}};
     e.context.key = key;
+    const auto started = std::chrono::steady_clock::now();
+    const auto account = [&] {
+        ctx->kms_us +=
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - started).count();
+    };
     try {
         auto r = std::forward<F>(fn)();
+        account();
         emit(e);
         return r;
     } catch (const Error& err) {
+        account();
         e.result = is_refusal(err.code()) ? "refused" : "failed";
         e.reason = std::string(errc_name(err.code()));
         e.message = err.what();

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <sstream>
@@ -104,6 +105,15 @@ std::string systemd_credential_path(std::string_view name)
                         ":PATH (or SetCredentialEncrypted=) in its unit, or use pin_file");
     }
     return std::string(dir) + "/" + std::string(name);
+}
+
+bool is_credential_name(std::string_view name)
+{
+    const bool chars_ok = std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+               c == '-';
+    });
+    return chars_ok && !name.empty() && name.size() <= 64 && name != "." && name != "..";
 }
 
 }  // namespace diskcrypt

@@ -20,4 +20,8 @@ SecureBuffer read_credential_file(const std::string& path, std::string_view what
 // (Error(kms_auth)) when the agent was not started with credentials.
 std::string systemd_credential_path(std::string_view name);
 
+// Whether `name` is a valid systemd credential name as configured here:
+// 1-64 characters from A-Z a-z 0-9 . _ -, and not "." or "..".
+bool is_credential_name(std::string_view name);
+
 }  // namespace diskcrypt

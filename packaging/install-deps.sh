@@ -40,8 +40,8 @@ PACKAGES=(
 	# Debian packages (packaging/build-deb.sh), DKMS, man pages, and the
 	# systemd guest's root file system (tests/vm/mkrootfs-systemd.sh)
 	dpkg-dev debhelper dh-dkms dkms lintian fakeroot go-md2man man-db mmdebstrap
-	# PKCS#11 KMS backend and its test HSM
-	libp11-kit-dev softhsm2 opensc
+	# PKCS#11 and KMIP KMS backends and their test servers (SoftHSM2, PyKMIP)
+	libp11-kit-dev softhsm2 python3-pykmip opensc
 )
 
 check_only=0

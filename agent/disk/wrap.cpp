@@ -25,7 +25,7 @@ void wrap_secret(const AgentConfig& cfg, KeyRef key, std::string_view disk_id, c
     if (!desc.enabled || !desc.can_encrypt || !desc.can_decrypt) {
         throw Error(Errc::kms_key,
                     "key " + key.spec() + " cannot be used to wrap disk secrets (" +
-                        (!desc.enabled       ? "disabled"
+                        (!desc.enabled       ? "its state is " + desc.state
                          : !desc.can_encrypt ? "encrypt not allowed"
                                              : "decrypt not allowed") +
                         ")",

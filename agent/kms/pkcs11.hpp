@@ -10,6 +10,17 @@
 //                (FIPS-mode HSMs that refuse caller IVs); an IV left all-zero is refused
 //   allow_extractable_keys  false (default): refuse to wrap under a key whose
 //                value can leave the HSM (CKA_EXTRACTABLE true or CKA_SENSITIVE false)
+//   pool_size    sessions kept open to the token, 1-64 (default 4)
+//   request_timeout  seconds a request waits for a free session, 1-600
+//                (default 30); then Errc::kms_unavailable
+//
+// Sessions are pooled (agent/kms/pool.hpp): up to pool_size requests run
+// their PKCS#11 calls in parallel (the module is initialised with
+// CKF_OS_LOCKING_OK), and the token sees one login, not one per operation
+// (the PIN is read when a session must log in). When the token drops the
+// sessions (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED,
+// CKR_USER_NOT_LOGGED_IN, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT), the pool
+// is reset, the slot looked up again and the operation retried once.
 //
 // Keys are found by CKA_ID = the bytes of the key id (exactly one secret key
 // must match), must be AES-256 with CKA_ENCRYPT and CKA_DECRYPT, and are used
@@ -19,6 +30,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -58,5 +70,17 @@ std::string ckr_name(CK_RV rv);
 // for the ambiguous CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED, on the call
 // (in C_Decrypt they mean a failed GCM tag: Errc::binding).
 Error map_ck_rv(CK_RV rv, Call call, const Context& ctx);
+
+// Counters over every PKCS#11 provider of the process, for tests and
+// diagnostics (the Provider interface does not show sessions).
+struct SessionStats {
+    std::uint64_t opened = 0;       // sessions opened (C_OpenSession)
+    std::uint64_t logins = 0;       // C_Login calls (sessions not yet in a user state)
+    std::uint64_t retries = 0;      // operations retried after the token dropped their session
+    std::uint64_t peak_in_use = 0;  // most sessions leased at once
+};
+// The counts since the previous call, which starts them again from zero
+// (peak_in_use from the sessions in use now).
+SessionStats take_session_stats();
 
 }  // namespace diskcrypt::kms::pkcs11

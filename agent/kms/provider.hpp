@@ -40,11 +40,14 @@ struct WrappedSecret {
 };
 
 struct KeyDescription {
-    std::string provider_type;  // "pkcs11"
+    std::string provider_type;  // "pkcs11", "kmip"
     std::string key_id;
     std::string version;    // the version a wrap uses now
     std::string algorithm;  // "AES-256"
-    bool enabled = false;   // the KMS lets the key be used at all
+    bool enabled = false;   // the KMS lets the key be used at all (state "active")
+    // The key's life-cycle state as the KMS reports it: "active", or
+    // "pre-active", "deactivated", "compromised", "destroyed" (KMIP).
+    std::string state = "active";
     bool can_encrypt = false;
     bool can_decrypt = false;
     bool extractable = true;  // the key's value can leave the KMS

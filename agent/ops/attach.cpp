@@ -444,6 +444,9 @@ AttachResult attach_disk(const AgentConfig& cfg, const proto::AttachArgs& args)
     res.provider_type = header.token.provider_type;
     res.data_offset = header.data_offset;
     res.elapsed_ms = ms_since(started);
+    if (const audit::Context* ctx = audit::current()) {
+        res.kms_ms = ctx->kms_us / 1000;
+    }
     return res;
 }
 
@@ -582,6 +585,7 @@ json to_json(const AttachResult& r)
     j["data_offset"] = r.data_offset;
     j["already_attached"] = r.already_attached;
     j["elapsed_ms"] = r.elapsed_ms;
+    j["kms_ms"] = r.kms_ms;
     if (j["key"].is_object()) {
         j["key"]["provider_type"] = r.provider_type;
     }

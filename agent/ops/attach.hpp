@@ -83,6 +83,7 @@ struct AttachResult {
     std::uint64_t data_offset = 0;
     bool already_attached = false;
     long long elapsed_ms = 0;
+    long long kms_ms = 0;  // of elapsed_ms, the time spent waiting for the KMS
 };
 
 struct DetachResult {

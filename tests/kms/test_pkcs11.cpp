@@ -3,12 +3,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdlib>
+#include <latch>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
 
 #include "agent/config.hpp"
 #include "agent/disk/associated_data.hpp"
 #include "agent/error.hpp"
+#include "agent/kms/pkcs11.hpp"
 #include "agent/kms/provider.hpp"
 #include "tests/support/softhsm.hpp"
 #include "tests/support/support.hpp"
@@ -38,6 +46,64 @@ struct Setup {
 };
 
 std::vector<std::uint8_t> ad_for(const std::string& disk) { return diskcrypt::associated_data(disk, kKey); }
+
+// The slot of the test's token.
+CK_SLOT_ID slot_of(SoftHsm& hsm)
+{
+    const auto session = hsm.session();
+    CK_SESSION_INFO info{};
+    REQUIRE(hsm.functions()->C_GetSessionInfo(session.get(), &info) == CKR_OK);
+    return info.slotID;
+}
+
+struct Blob {
+    SecureBuffer secret = SecureBuffer::random(32);
+    std::vector<std::uint8_t> ad;
+    diskcrypt::kms::WrappedSecret wrapped;
+};
+
+// `n` secrets wrapped for disks "disk-0".. under disk-key-01.
+std::vector<Blob> wrap_many(diskcrypt::kms::Provider& p, std::size_t n)
+{
+    std::vector<Blob> blobs(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        blobs[i].ad = ad_for("disk-" + std::to_string(i));
+        blobs[i].wrapped = p.wrap("disk-key-01", "1", blobs[i].secret.span(), blobs[i].ad);
+    }
+    return blobs;
+}
+
+// Unwraps every blob, one thread each, all released at once; returns how
+// many came back right (the errors are logged: Catch2 is not thread-safe).
+std::size_t unwrap_concurrently(diskcrypt::kms::Provider& p, const std::vector<Blob>& blobs)
+{
+    std::latch start(static_cast<std::ptrdiff_t>(blobs.size()));
+    std::atomic<std::size_t> right{0};
+    std::mutex mutex;
+    std::vector<std::string> errors;
+    std::vector<std::thread> threads;
+    threads.reserve(blobs.size());
+    for (const Blob& b : blobs) {
+        threads.emplace_back([&] {
+            start.arrive_and_wait();
+            try {
+                if (p.unwrap("disk-key-01", "1", b.wrapped, b.ad).equals(b.secret.span())) {
+                    ++right;
+                }
+            } catch (const Error& e) {
+                const std::lock_guard lock(mutex);
+                errors.emplace_back(e.what());
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    for (const auto& e : errors) {
+        UNSCOPED_INFO(e);
+    }
+    return right.load();
+}
 
 // `f` must throw Error(code) whose message contains `text`.
 template <typename F>
@@ -339,4 +405,166 @@ TEST_CASE("pkcs11: iv_source = hsm is refused by an HSM that does not make IVs",
     const SecureBuffer secret = SecureBuffer::random(32);
     fails([&] { (void)s.provider().wrap("disk-key-01", "1", secret.span(), ad_for("d")); }, Errc::config,
           "iv_source = \"hsm\" but token 'diskcrypt' did not generate an IV");
+}
+
+TEST_CASE("pkcs11: 64 concurrent unwraps share a pool of sessions", "[pkcs11][pool]")
+{
+    Setup s("pool_size = 4\n");
+    s.hsm.create_key({.id = "disk-key-01"});
+    auto& p = s.provider();
+    (void)diskcrypt::kms::pkcs11::take_session_stats();
+    const auto blobs = wrap_many(p, 64);
+    CHECK(unwrap_concurrently(p, blobs) == blobs.size());
+    auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+    INFO("opened " << stats.opened << ", logins " << stats.logins << ", peak " << stats.peak_in_use);
+    CHECK(stats.opened >= 1);
+    CHECK(stats.opened <= 4);
+    CHECK(stats.logins >= 1);
+    CHECK(stats.logins <= stats.opened);
+    CHECK(stats.retries == 0);
+    CHECK(stats.peak_in_use <= 4);
+
+    // Parallel, not queued behind one session: more than one session was in
+    // use at some moment. 64 threads released at once nearly always show it
+    // in the first round; a few more rounds make a miss vanishingly rare.
+    std::uint64_t peak = stats.peak_in_use;
+    std::uint64_t opened = stats.opened;
+    for (int round = 0; round < 20 && peak < 2; ++round) {
+        CHECK(unwrap_concurrently(p, blobs) == blobs.size());
+        stats = diskcrypt::kms::pkcs11::take_session_stats();
+        peak = std::max(peak, stats.peak_in_use);
+        opened += stats.opened;
+    }
+    CHECK(peak >= 2);
+    CHECK(opened <= 4);  // the sessions were kept, not reopened
+}
+
+TEST_CASE("pkcs11: sessions the HSM dropped are re-established", "[pkcs11][pool]")
+{
+    Setup s;
+    s.hsm.create_key({.id = "disk-key-01"});
+    auto& p = s.provider();
+    const auto blobs = wrap_many(p, 2);
+    CHECK(p.unwrap("disk-key-01", "1", blobs[0].wrapped, blobs[0].ad).equals(blobs[0].secret.span()));
+    const CK_SLOT_ID slot = slot_of(s.hsm);
+    (void)diskcrypt::kms::pkcs11::take_session_stats();
+
+    SECTION("C_CloseAllSessions: unwrap, wrap and describe go on")
+    {
+        REQUIRE(s.hsm.functions()->C_CloseAllSessions(slot) == CKR_OK);
+        CHECK(p.unwrap("disk-key-01", "1", blobs[1].wrapped, blobs[1].ad).equals(blobs[1].secret.span()));
+        auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+        CHECK(stats.retries == 1);
+        CHECK(stats.opened == 1);
+        CHECK(stats.logins == 1);  // closing every session logged the token out
+        CHECK(p.unwrap("disk-key-01", "1", blobs[0].wrapped, blobs[0].ad).equals(blobs[0].secret.span()));
+        stats = diskcrypt::kms::pkcs11::take_session_stats();
+        CHECK(stats.retries == 0);
+        CHECK(stats.opened == 0);
+
+        REQUIRE(s.hsm.functions()->C_CloseAllSessions(slot) == CKR_OK);
+        CHECK(p.describe("disk-key-01").can_decrypt);
+        REQUIRE(s.hsm.functions()->C_CloseAllSessions(slot) == CKR_OK);
+        const auto w = p.wrap("disk-key-01", "1", blobs[0].secret.span(), blobs[0].ad);
+        CHECK(p.unwrap("disk-key-01", "1", w, blobs[0].ad).equals(blobs[0].secret.span()));
+        CHECK(diskcrypt::kms::pkcs11::take_session_stats().retries == 2);
+    }
+    SECTION("C_Logout: the sessions stay but lose their login")
+    {
+        const auto session = s.hsm.session();
+        REQUIRE(s.hsm.functions()->C_Logout(session.get()) == CKR_OK);
+        CHECK(p.unwrap("disk-key-01", "1", blobs[1].wrapped, blobs[1].ad).equals(blobs[1].secret.span()));
+        const auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+        CHECK(stats.retries == 1);
+        CHECK(stats.logins == 1);
+    }
+    SECTION("a dropped session is retried once only: a wrong PIN is then reported")
+    {
+        diskcrypt::test::write_file(s.hsm.pin_file(), "0000\n", 0600);
+        REQUIRE(s.hsm.functions()->C_CloseAllSessions(slot) == CKR_OK);
+        fails([&] { (void)p.unwrap("disk-key-01", "1", blobs[1].wrapped, blobs[1].ad); }, Errc::kms_auth,
+              "provider 'hsm': token 'diskcrypt' rejected the PIN (CKR_PIN_INCORRECT)");
+        fails([&] { (void)p.unwrap("disk-key-01", "1", blobs[1].wrapped, blobs[1].ad); }, Errc::kms_auth,
+              "rejected the PIN");
+        const auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+        CHECK(stats.retries == 1);  // the wrong PIN itself is never retried
+        CHECK(stats.logins == 2);
+    }
+}
+
+TEST_CASE("pkcs11: several dropped sessions of a pool, after concurrent use", "[pkcs11][pool]")
+{
+    Setup s("pool_size = 4\n");
+    s.hsm.create_key({.id = "disk-key-01"});
+    auto& p = s.provider();
+    const auto blobs = wrap_many(p, 16);
+    CHECK(unwrap_concurrently(p, blobs) == blobs.size());
+    const CK_SLOT_ID slot = slot_of(s.hsm);
+    (void)diskcrypt::kms::pkcs11::take_session_stats();
+    REQUIRE(s.hsm.functions()->C_CloseAllSessions(slot) == CKR_OK);
+    // The first request finds its session gone and resets the pool (the other
+    // idle sessions go with it); the rest run on new sessions.
+    for (const Blob& b : blobs) {
+        CHECK(p.unwrap("disk-key-01", "1", b.wrapped, b.ad).equals(b.secret.span()));
+    }
+    const auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+    CHECK(stats.retries == 1);
+    CHECK(stats.opened == 1);
+    CHECK(unwrap_concurrently(p, blobs) == blobs.size());
+}
+
+TEST_CASE("pkcs11: a failed unwrap does not spoil the pooled session", "[pkcs11][pool]")
+{
+    Setup s("pool_size = 1\n");
+    s.hsm.create_key({.id = "disk-key-01"});
+    auto& p = s.provider();
+    const auto blobs = wrap_many(p, 1);
+    (void)diskcrypt::kms::pkcs11::take_session_stats();
+    for (int i = 0; i < 3; ++i) {
+        fails([&] { (void)p.unwrap("disk-key-01", "1", blobs[0].wrapped, ad_for("other")); }, Errc::binding,
+              "refused to unwrap the secret");
+        fails([&] { (void)p.unwrap("missing", "1", blobs[0].wrapped, blobs[0].ad); }, Errc::kms_key,
+              "no secret key with CKA_ID 'missing'");
+        CHECK(p.unwrap("disk-key-01", "1", blobs[0].wrapped, blobs[0].ad).equals(blobs[0].secret.span()));
+    }
+    const auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+    CHECK(stats.retries == 0);  // a failed tag is no reason to retry
+    CHECK(stats.opened == 3);   // a session whose C_Decrypt failed is replaced, a missing key keeps it
+}
+
+TEST_CASE("pkcs11: pool_size and request_timeout are checked", "[pkcs11][pool]")
+{
+    TempDir dir;
+    SoftHsm hsm(dir);
+    auto refused = [&](const std::string& extra, const std::string& text) {
+        fails([&] { (void)diskcrypt::parse_config(hsm.provider_toml("hsm", extra), "agent.toml"); }, Errc::config,
+              text);
+    };
+    refused("pool_size = 0\n", "agent.toml:6: [providers.hsm] pool_size: must be from 1 to 64 (not 0)");
+    refused("pool_size = 65\n", "agent.toml:6: [providers.hsm] pool_size: must be from 0 to 64 (not 65)");
+    refused("pool_size = \"x\"\n", "agent.toml:6: [providers.hsm] pool_size: expected an integer, found a string");
+    refused("request_timeout = 0\n",
+            "agent.toml:6: [providers.hsm] request_timeout: must be from 1 to 600 seconds (not 0)");
+    refused("request_timeout = 601\n", "agent.toml:6: [providers.hsm] request_timeout: must be from 0 to 600");
+    CHECK(diskcrypt::parse_config(hsm.provider_toml("hsm", "pool_size = 64\nrequest_timeout = 600\n"), "agent.toml")
+              .provider("hsm") != nullptr);
+}
+
+// Not run by default: `kms-tests "[.pool-timing]" -s` prints how long 64
+// concurrent unwraps take with pool sizes 1, 4 and 16.
+TEST_CASE("pkcs11: timing of 64 concurrent unwraps by pool_size", "[.pool-timing]")
+{
+    for (const unsigned size : {1U, 4U, 16U}) {
+        Setup s("pool_size = " + std::to_string(size) + "\n");
+        s.hsm.create_key({.id = "disk-key-01"});
+        auto& p = s.provider();
+        const auto blobs = wrap_many(p, 64);
+        (void)diskcrypt::kms::pkcs11::take_session_stats();
+        const auto begin = std::chrono::steady_clock::now();
+        CHECK(unwrap_concurrently(p, blobs) == blobs.size());
+        const auto ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begin).count();
+        const auto stats = diskcrypt::kms::pkcs11::take_session_stats();
+        WARN("pool_size " << size << ": " << ms << " ms, sessions opened " << stats.opened << " (+1 for the wraps)"
+                          << ", logins " << stats.logins << ", peak in use " << stats.peak_in_use);
+    }
 }

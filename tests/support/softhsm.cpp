@@ -44,7 +44,12 @@ SoftHsm::SoftHsm(const TempDir& dir, std::string label, std::string pin)
     }
     auto* get_list = reinterpret_cast<CK_C_GetFunctionList>(dlsym(module_.get(), "C_GetFunctionList"));  // NOLINT
     check(get_list(&fns_), "C_GetFunctionList");
-    check(fns_->C_Initialize(nullptr), "C_Initialize");
+    // With locking, as the agent initialises it: SoftHSM2 initialised
+    // without arguments runs without mutexes, and the providers' pools use
+    // sessions from several threads at once.
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    check(fns_->C_Initialize(&args), "C_Initialize");
     CK_ULONG count = 0;
     check(fns_->C_GetSlotList(CK_TRUE, nullptr, &count), "C_GetSlotList");
     std::vector<CK_SLOT_ID> slots(count);

@@ -232,7 +232,7 @@ TEST_CASE("config: each error names its line and reason", "[config]")
     SECTION("unknown provider type")
     {
         refused("[providers.hsm]\ntype = \"vault\"\n",
-                "agent.toml:2: [providers.hsm] type: unknown provider type 'vault' (known: pkcs11)");
+                "agent.toml:2: [providers.hsm] type: unknown provider type 'vault' (known: kmip, pkcs11)");
     }
     SECTION("invalid provider name")
     {

@@ -1,0 +1,453 @@
+// The KMIP provider against a real PyKMIP 0.10 server on 127.0.0.1, with a
+// PKI the test makes (tests/support/pykmip.hpp). Providers are built from
+// configuration text, as the agent does. Also: servers that are down, that
+// accept and never answer (a listening socket nobody accepts on; a TLS
+// server that never speaks KMIP), failover, and concurrency.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <latch>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "agent/config.hpp"
+#include "agent/disk/associated_data.hpp"
+#include "agent/error.hpp"
+#include "agent/kms/provider.hpp"
+#include "agent/raii.hpp"
+#include "agent/text.hpp"
+#include "tests/support/pykmip.hpp"
+#include "tests/support/support.hpp"
+
+using Catch::Matchers::Contains;
+using diskcrypt::Errc;
+using diskcrypt::Error;
+using diskcrypt::KeyRef;
+using diskcrypt::SecureBuffer;
+using diskcrypt::test::KmipIdentity;
+using diskcrypt::test::PyKmipServer;
+using diskcrypt::test::TempDir;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+    std::vector<std::string> endpoints;
+    std::optional<KmipIdentity> identity;
+    std::string extra;
+    std::string server_name = "kmip.test";
+};
+
+std::string provider_toml(const PyKmipServer& server, const Options& o)
+{
+    std::string list;
+    for (const auto& e : o.endpoints) {
+        list += (list.empty() ? "\"" : ", \"") + e + "\"";
+    }
+    const KmipIdentity id = o.identity.value_or(server.pki().client());
+    return "[providers.kms]\ntype = \"kmip\"\nendpoints = [" + list + "]\nserver_name = \"" + o.server_name + "\"\n" +
+           "ca_file = \"" + server.ca() + "\"\nclient_certificate = \"" + id.cert + "\"\nclient_key_file = \"" +
+           id.key + "\"\n" + o.extra;
+}
+
+struct Agentish {
+    diskcrypt::AgentConfig cfg;
+    explicit Agentish(const std::string& toml) : cfg(diskcrypt::parse_config(toml, "agent.toml")) {}
+    [[nodiscard]] diskcrypt::kms::Provider& provider() const { return *cfg.provider("kms"); }
+};
+
+// A TCP port on 127.0.0.1 that accepts connections (the kernel completes
+// them) and never reads or writes: a server that hangs.
+class SilentListener {
+public:
+    SilentListener() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0))
+    {
+        REQUIRE(fd_.valid());
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);  // NOLINT
+        REQUIRE(::listen(fd_.get(), 64) == 0);
+        socklen_t len = sizeof(a);
+        REQUIRE(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len) == 0);  // NOLINT
+        port_ = ntohs(a.sin_port);
+    }
+    [[nodiscard]] std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+
+private:
+    diskcrypt::FileDescriptor fd_;
+    std::uint16_t port_ = 0;
+};
+
+// A port nothing listens on.
+std::string closed_endpoint()
+{
+    const SilentListener l;
+    return l.endpoint();  // closed when `l` goes
+}
+
+// Whether something accepts TCP connections at 127.0.0.1:PORT (within 10 s).
+bool wait_listening(const std::string& endpoint)
+{
+    const auto port = static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.find(':') + 1)));
+    for (int i = 0; i < 100; ++i) {
+        const diskcrypt::FileDescriptor fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons(port);
+        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {  // NOLINT
+            return true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+}
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::size_t connections_seen(const PyKmipServer& s)
+{
+    const std::string log = diskcrypt::test::read_file(s.log());
+    std::size_t n = 0;
+    for (std::size_t at = log.find("Receiving incoming connection"); at != std::string::npos;
+         at = log.find("Receiving incoming connection", at + 1)) {
+        ++n;
+    }
+    return n;
+}
+
+template <typename F>
+Error error_of(F&& f)
+{
+    try {
+        f();
+    } catch (const Error& e) {
+        CHECK(diskcrypt::is_printable(e.what()));
+        return e;
+    }
+    FAIL("no error");
+    return {Errc::internal, ""};
+}
+
+const KeyRef kKeyRef{"kms", "disk-key", ""};
+
+}  // namespace
+
+TEST_CASE("kmip: describe, wrap and unwrap through PyKMIP", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    const PyKmipServer server(dir);
+    const std::string uid = server.create_key("disk-key");
+    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+    auto& p = a.provider();
+
+    const auto d = p.describe("disk-key");
+    CHECK(d.provider_type == "kmip");
+    CHECK(d.version == uid);
+    CHECK(d.state == "active");
+    CHECK(d.enabled);
+    CHECK(d.algorithm == "AES-256");
+    CHECK(d.can_encrypt);
+    CHECK(d.can_decrypt);
+
+    KeyRef key = kKeyRef;
+    key.version = d.version;
+    const auto ad = diskcrypt::associated_data("disk-1", key);
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto wrapped = p.wrap("disk-key", d.version, secret.span(), ad);
+    CHECK(wrapped.iv.size() == 12);
+    CHECK(wrapped.tag.size() == 16);
+    CHECK(wrapped.ciphertext.size() == 32);
+    CHECK(p.unwrap("disk-key", d.version, wrapped, ad).equals(secret.span()));
+
+    SECTION("another disk's associated data does not unwrap")
+    {
+        const auto other = diskcrypt::associated_data("disk-2", key);
+        const Error e = error_of([&] { (void)p.unwrap("disk-key", d.version, wrapped, other); });
+        CHECK(e.code() == Errc::binding);
+        CHECK_THAT(e.what(), Contains("authentication tag does not match"));
+    }
+    SECTION("a tampered tag does not unwrap")
+    {
+        auto bad = wrapped;
+        bad.tag[0] ^= 1U;
+        CHECK(error_of([&] { (void)p.unwrap("disk-key", d.version, bad, ad); }).code() == Errc::binding);
+    }
+    SECTION("a key name nobody has, and one that two objects carry")
+    {
+        const Error none = error_of([&] { (void)p.describe("no-such-key"); });
+        CHECK(none.code() == Errc::kms_key);
+        CHECK_THAT(none.what(), Contains("no KMIP object named 'no-such-key'") && Contains("diskcrypt-agent"));
+        (void)server.create_key("twice");
+        (void)server.create_key("twice");
+        const Error two = error_of([&] { (void)p.describe("twice"); });
+        CHECK(two.code() == Errc::kms_key);
+        CHECK_THAT(two.what(), Contains("more than one KMIP object is named 'twice'"));
+    }
+    SECTION("one connection serves many requests")
+    {
+        const std::size_t before = connections_seen(server);
+        for (int i = 0; i < 20; ++i) {
+            CHECK(p.unwrap("disk-key", d.version, wrapped, ad).equals(secret.span()));
+        }
+        CHECK(connections_seen(server) == before);
+    }
+}
+
+TEST_CASE("kmip: keys that are not active are refused with their state", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    const PyKmipServer server(dir);
+    const std::string uid = server.create_key("disk-key");
+    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+    auto& p = a.provider();
+    KeyRef key = kKeyRef;
+    key.version = uid;
+    const auto ad = diskcrypt::associated_data("disk-1", key);
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto wrapped = p.wrap("disk-key", uid, secret.span(), ad);
+
+    SECTION("revoked as compromised")
+    {
+        server.revoke(uid, true);
+        const Error e = error_of([&] { (void)p.unwrap("disk-key", uid, wrapped, ad); });
+        CHECK(e.code() == Errc::kms_key);
+        CHECK_THAT(e.what(), Contains("is compromised, not active") && Contains("KMIP object " + uid));
+        const auto d = p.describe("disk-key");
+        CHECK_FALSE(d.enabled);
+        CHECK(d.state == "compromised");
+    }
+    SECTION("revoked as no longer in use")
+    {
+        server.revoke(uid, false);
+        const Error e = error_of([&] { (void)p.unwrap("disk-key", uid, wrapped, ad); });
+        CHECK(e.code() == Errc::kms_key);
+        CHECK_THAT(e.what(), Contains("is deactivated, not active"));
+        const Error w = error_of([&] { (void)p.wrap("disk-key", uid, secret.span(), ad); });
+        CHECK_THAT(w.what(), Contains("is deactivated"));
+    }
+    SECTION("destroyed")
+    {
+        server.revoke(uid, false);
+        server.destroy(uid);
+        const Error e = error_of([&] { (void)p.unwrap("disk-key", uid, wrapped, ad); });
+        CHECK(e.code() == Errc::kms_key);
+        CHECK_THAT(e.what(), Contains("was not found"));
+        CHECK(error_of([&] { (void)p.describe("disk-key"); }).code() == Errc::kms_key);
+    }
+    SECTION("not yet activated")
+    {
+        const std::string pre = server.create_key("new-key", false);
+        const auto d = p.describe("new-key");
+        CHECK_FALSE(d.enabled);
+        CHECK(d.state == "pre-active");
+        const Error e = error_of([&] { (void)p.wrap("new-key", pre, secret.span(), ad); });
+        CHECK(e.code() == Errc::kms_key);
+        CHECK_THAT(e.what(), Contains("is pre-active"));
+        CHECK_THAT(e.hint(), Contains("activate"));
+    }
+}
+
+TEST_CASE("kmip: identities the server refuses", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    const PyKmipServer server(dir);
+    const std::string uid = server.create_key("disk-key");
+
+    SECTION("another tenant's key is invisible and unusable")
+    {
+        const std::string theirs = server.create_key("their-key", true, server.pki().client2());
+        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+        CHECK(error_of([&] { (void)a.provider().describe("their-key"); }).code() == Errc::kms_key);
+        KeyRef key = kKeyRef;
+        key.version = theirs;
+        const SecureBuffer secret = SecureBuffer::random(32);
+        const Error e = error_of(
+            [&] { (void)a.provider().wrap("their-key", theirs, secret.span(), diskcrypt::associated_data("d", key)); });
+        CHECK((e.code() == Errc::kms_auth || e.code() == Errc::kms_key));
+    }
+    SECTION("a client certificate from another CA fails the handshake at once")
+    {
+        const Agentish a(provider_toml(server, {{server.endpoint()}, server.pki().rogue(), ""}));
+        const auto t0 = Clock::now();
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        CHECK(seconds_since(t0) < 3.0);  // not retried until the deadline
+        CHECK(e.code() == Errc::kms_auth);
+        CHECK_THAT(e.what(), Contains("TLS handshake failed") && Contains(server.endpoint()));
+        CHECK_THAT(e.hint(), Contains("clientAuth"));
+    }
+    SECTION("a server certificate for another name is refused")
+    {
+        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "", "other.test"}));
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        CHECK(e.code() == Errc::kms_auth);
+        CHECK_THAT(e.what(), Contains("certificate was refused for 'other.test'") && Contains("hostname mismatch"));
+    }
+    SECTION("a client certificate without clientAuth is refused by the server")
+    {
+        const Agentish a(provider_toml(server, {{server.endpoint()}, server.pki().noauth(), ""}));
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        CHECK(e.code() == Errc::kms_auth);
+    }
+}
+
+TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    PyKmipServer server(dir);
+    const std::string uid = server.create_key("disk-key");
+    const std::string fast = "request_timeout = 3\nconnect_timeout = 1\nread_timeout = 1\n";
+
+    SECTION("no server listening: unreachable, every endpoint named, within the deadline")
+    {
+        const std::string a1 = closed_endpoint();
+        const std::string a2 = closed_endpoint();
+        const Agentish a(provider_toml(server, {{a1, a2}, {}, fast}));
+        const auto t0 = Clock::now();
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        const double took = seconds_since(t0);
+        CHECK(took < 3.5);
+        CHECK(e.code() == Errc::kms_unavailable);
+        CHECK_THAT(e.what(), Contains(a1 + ": connect: Connection refused") && Contains(a2) && Contains("attempts") &&
+                                 Contains("within 3 s"));
+    }
+    SECTION("a server that accepts and never answers: a timeout, not a hang")
+    {
+        const SilentListener silent;
+        const Agentish a(provider_toml(server, {{silent.endpoint()}, {}, fast}));
+        const auto t0 = Clock::now();
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        const double took = seconds_since(t0);
+        CHECK(took >= 2.9);
+        CHECK(took < 3.5);
+        CHECK(e.code() == Errc::kms_unavailable);
+        CHECK_THAT(e.what(), Contains("TLS handshake timed out"));
+    }
+    SECTION("a TLS server that never speaks KMIP: the read times out")
+    {
+        const std::string ep = closed_endpoint();
+        const auto& pki = server.pki();
+        // openssl s_server completes the handshake (client certificate
+        // required) and then only prints what it receives; its input is a
+        // FIFO it holds open itself, so it neither sends nor sees an EOF.
+        const std::string fifo = dir / "s_server.in";
+        REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+        const diskcrypt::test::Background tls_only(
+            {"sh", "-c",
+             "exec openssl s_server -accept \"$1\" -cert \"$2\" -key \"$3\" -CAfile \"$4\" -Verify 1 -quiet <> \"$5\"",
+             "s_server", ep, pki.server_cert(), pki.server_key(), pki.ca(), fifo},
+            dir / "s_server.log");
+        REQUIRE(wait_listening(ep));
+        const Agentish a(provider_toml(server, {{ep}, {}, fast}));
+        const auto t0 = Clock::now();
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        const double took = seconds_since(t0);
+        CHECK(took >= 0.9);
+        CHECK(took < 3.5);
+        CHECK(e.code() == Errc::kms_unavailable);
+        CHECK_THAT(e.what(), Contains("waiting for the response timed out"));
+    }
+    SECTION("the first server down: failover, and the next request goes to the good one first")
+    {
+        const SilentListener silent;
+        const Agentish a(provider_toml(server, {{silent.endpoint(), server.endpoint()}, {}, fast}));
+        auto& p = a.provider();
+        const auto t0 = Clock::now();
+        CHECK(p.describe("disk-key").version == uid);
+        const double first = seconds_since(t0);
+        CHECK(first >= 0.9);  // the silent one had its connect_timeout
+        CHECK(first < 3.0);
+        const auto t1 = Clock::now();
+        CHECK(p.describe("disk-key").version == uid);
+        CHECK(seconds_since(t1) < 0.9);  // remembered: not tried first
+    }
+    SECTION("the server restarts: pooled connections are replaced")
+    {
+        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "pool_size = 1\n" + fast}));
+        auto& p = a.provider();
+        CHECK(p.describe("disk-key").version == uid);
+        server.restart();
+        CHECK(p.describe("disk-key").version == uid);
+    }
+}
+
+TEST_CASE("kmip: concurrent unwraps share a small pool of connections", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    const PyKmipServer server(dir);
+    const std::string uid = server.create_key("disk-key");
+    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "pool_size = 4\nrequest_timeout = 60\n"}));
+    auto& p = a.provider();
+    KeyRef key = kKeyRef;
+    key.version = uid;
+    constexpr int kThreads = 64;
+    std::vector<SecureBuffer> secrets;
+    std::vector<std::vector<std::uint8_t>> ads;
+    std::vector<diskcrypt::kms::WrappedSecret> wrapped;
+    for (int i = 0; i < kThreads; ++i) {
+        secrets.push_back(SecureBuffer::random(32));
+        ads.push_back(diskcrypt::associated_data("disk-" + std::to_string(i), key));
+        wrapped.push_back(p.wrap("disk-key", uid, secrets.back().span(), ads.back()));
+    }
+    const std::size_t before = connections_seen(server);
+    std::atomic<int> ok{0};
+    std::latch start(kThreads);
+    std::vector<std::thread> threads;
+    threads.reserve(kThreads);
+    for (int i = 0; i < kThreads; ++i) {
+        threads.emplace_back([&, i] {
+            start.arrive_and_wait();
+            try {
+                if (p.unwrap("disk-key", uid, wrapped[static_cast<std::size_t>(i)], ads[static_cast<std::size_t>(i)])
+                        .equals(secrets[static_cast<std::size_t>(i)].span())) {
+                    ++ok;
+                }
+            } catch (const Error&) {
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    CHECK(ok == kThreads);
+    // The wraps above left one connection; 64 at once open at most 3 more.
+    CHECK(connections_seen(server) - before <= 3);
+}
+
+TEST_CASE("kmip: provider options are checked with their line", "[kmip]")
+{
+    const std::string base =
+        "[providers.kms]\ntype = \"kmip\"\nca_file = \"/ca.pem\"\nclient_certificate = \"/c.pem\"\n";
+    const auto error_for = [&](const std::string& extra) {
+        try {
+            (void)diskcrypt::parse_config(base + extra, "agent.toml");
+        } catch (const Error& e) {
+            CHECK(e.code() == Errc::config);
+            return std::string(e.what());
+        }
+        return std::string("accepted");
+    };
+    const std::string key = "client_key_file = \"/k.pem\"\n";
+    CHECK_THAT(error_for(key), Contains("needs endpoints"));
+    CHECK_THAT(error_for(key + "endpoints = []\n"), Contains("needs endpoints"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h:0\"]\n"), Contains("agent.toml:6") && Contains("endpoint 'h:0'"));
+    CHECK_THAT(error_for(key + "endpoints = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]\n"),
+               Contains("at most 8"));
+    CHECK_THAT(error_for("endpoints = [\"h\"]\n"), Contains("missing client key"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\nclient_key_credential = \"k\"\n"), Contains("not both"));
+    CHECK_THAT(error_for("endpoints = [\"h\"]\nclient_key_credential = \"../k\"\n"), Contains("credential name"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\npool_size = 0\n"), Contains("pool_size"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\nrequest_timeout = 0\n"), Contains("request_timeout"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\nrequest_timeout = 2\nconnect_timeout = 3\n"),
+               Contains("must not exceed request_timeout"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\nserver_name = \"a b\"\n"), Contains("server_name"));
+    CHECK_THAT(error_for(key + "endpoints = [\"h\"]\nbogus = 1\n"), Contains("bogus"));
+    CHECK(error_for(key + "endpoints = [\"h\", \"[::1]:15696\"]\n") == "accepted");
+}
