@@ -39,6 +39,23 @@
 #              opens the disk with dm-crypt and reads diskcrypt's data; a
 #              service account without the role refused; luksDump without
 #              the wrapped secret; the agent stopped: a clear message
+#   kmip       a KMIP provider (PyKMIP on the host, tests/attach/kmip-host.sh;
+#              the guest reaches it through QEMU's user-mode network, below):
+#              format, verify, attach, write, detach, attach, read under a
+#              KMIP key, audited with the key's UID as its version; attach
+#              time against a PKCS#11 attach; a provider whose server is
+#              unreachable (exit 8) and the server stopped mid-run while a
+#              disk is attached: nothing mapped, the attached disk serves
+#              I/O; a key revoked on the server mid-run refused (10)
+#
+# Only when kmip is selected: the PKI, the server and its keys are made in
+# $BUILD/vm/attach/kmip before the guest boots (the CA, client certificate
+# and key and the keys' UIDs go into the initramfs, with virtio_net), and
+# the guest gets a virtio NIC on QEMU's user-mode network with restrict=on
+# (no route anywhere) and two guest forwards: 10.0.2.100:5696 to the server
+# (a busybox nc on the host per connection) and 10.0.2.100:5697 to
+# 'kmip-host.sh control' (the guest's requests: revoke a key, stop the
+# server). The server is stopped when the guest is done, also on failure.
 #
 # Usage: tests/attach/run.sh [TEST,...]
 # Environment: DISKCRYPT_BUILD (default <repo>/build), KMOD (default
@@ -49,7 +66,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import,recovery}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import,recovery,kmip}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 
@@ -60,13 +77,57 @@ done
 
 kver=$("$ROOT/tests/vm/kernel.sh")
 mkdir -p "$W"
+
+# The kmip test: its server, files and network, only when it runs.
+initramfs_args=() vm_args=() K=""
+if [[ ",$TESTS," == *,kmip,* || ",$TESTS," == *,attach/kmip,* ]]; then
+	K=$W/kmip
+	kmip_host=$ROOT/tests/attach/kmip-host.sh
+	# kmip_stop: the server stopped, no process of it left.
+	# shellcheck disable=SC2317 # called by the traps
+	kmip_stop() {
+		local ok=0
+		"$kmip_host" stop "$K" || ok=1
+		if pgrep -a -f "pykmip-server -f $K/server.conf" >&2; then
+			echo "attach/run.sh: pykmip-server processes are left (above)" >&2
+			ok=1
+		fi
+		return "$ok"
+	}
+	trap 'kmip_stop || true' EXIT
+	trap 'exit 2' INT TERM
+	port=$("$kmip_host" start "$K") || { echo "attach/run.sh: the PyKMIP server did not start" >&2; exit 2; }
+	for f in ca.pem client.pem client.key; do
+		initramfs_args+=(--file "$K/pki/$f:/etc/kmip-test/$f")
+	done
+	initramfs_args+=(--file "$K/keys:/etc/kmip-test/keys" --kmod virtio_net)
+	# QEMU runs a guest forward's command per connection, with the
+	# connection as its stdin, stdout and stderr: nc's messages must not
+	# reach the guest. QEMU's option syntax escapes a comma by doubling it.
+	relay="/bin/sh -c 'exec /usr/bin/busybox nc 127.0.0.1 $port 2>/dev/null'"
+	control="$kmip_host control '$K'"
+	netdev="user,id=n0,restrict=on"
+	netdev+=",guestfwd=tcp:10.0.2.100:5696-cmd:${relay//,/,,}"
+	netdev+=",guestfwd=tcp:10.0.2.100:5697-cmd:${control//,/,,}"
+	vm_args+=(--qemu-arg -netdev --qemu-arg "$netdev"
+		--qemu-arg -device --qemu-arg "virtio-net-pci,netdev=n0,romfile=")
+fi
+
 "$ROOT/tests/vm/initramfs-agent.sh" --kver "$kver" --out "$W/initramfs.cpio" \
-	--tests "$ROOT/tests/attach" --kmod ext4
+	--tests "$ROOT/tests/attach" --kmod ext4 "${initramfs_args[@]}"
 rm -f "$W"/vd?.img
 truncate -s 64M "$W/vda.img" "$W/vdb.img"
 rc=0
 "$ROOT/tests/vm/run.sh" --kver "$kver" --initramfs "$W/initramfs.cpio" \
 	--disk "$W/vda.img" --disk "$W/vdb.img" --cpu max --smp 2 \
-	--run "$TESTS" --timeout 600 --out "$W/run" --label attach || rc=$?
+	--run "$TESTS" --timeout 600 --out "$W/run" --label attach "${vm_args[@]}" || rc=$?
 rm -f "$W"/vd?.img
+if [[ -n "$K" ]]; then
+	trap - EXIT
+	kmip_stop || rc=2
+	if ((rc != 0)); then
+		echo "attach/run.sh: the guest's requests to the KMIP host ($K/control.log):" >&2
+		sed 's/^/    /' "$K/control.log" >&2 2>/dev/null || true
+	fi
+fi
 exit "$rc"

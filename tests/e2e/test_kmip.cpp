@@ -42,11 +42,11 @@ public:
         agent = diskcrypt::test::start_agent({"--config", config, "--log-level", "debug"}, socket, log);
     }
 
-    Result cli(std::vector<std::string> args) const
+    [[nodiscard]] Result cli(std::vector<std::string> args) const
     {
         return diskcrypt::test::run_cli(socket, diskcrypt::test::with_identity(std::move(args), "kms:disk-key"));
     }
-    Result cli_ok(const std::vector<std::string>& args) const
+    [[nodiscard]] Result cli_ok(const std::vector<std::string>& args) const
     {
         Result r = cli(args);
         INFO("stdout: " << r.out << "\nstderr: " << r.err << "\nagent log:\n" << diskcrypt::test::read_file(log));
@@ -66,7 +66,7 @@ public:
 
 std::string make_image(const TempDir& dir, const std::string& name)
 {
-    const std::string path = dir / name;
+    std::string path = dir / name;
     diskcrypt::test::write_file(path, "", 0600);
     std::filesystem::resize_file(path, 32 * kMiB);
     return path;

@@ -3,6 +3,7 @@
 // the payload parsers, as the provider calls them. DecodeError is the
 // expected refusal; its message must be printable ASCII. Anything else
 // (a crash, an exception of another type, unbounded work) is a finding.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -20,12 +21,7 @@ using namespace diskcrypt::kms::kmip;
 
 bool ascii_only(std::string_view s)
 {
-    for (const char c : s) {
-        if (c < 0x20 || c > 0x7e) {
-            return false;
-        }
-    }
-    return true;
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
 }
 
 void check(std::string_view text)

@@ -79,10 +79,44 @@ public:
         port_ = ntohs(a.sin_port);
     }
     [[nodiscard]] std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+    [[nodiscard]] diskcrypt::FileDescriptor& fd() { return fd_; }
 
 private:
     diskcrypt::FileDescriptor fd_;
     std::uint16_t port_ = 0;
+};
+
+// A port that accepts each connection and closes it at once, as a proxy or
+// port forward does when the server behind it is down.
+class ClosingListener {
+public:
+    ClosingListener()
+    {
+        thread_ = std::thread([this] {
+            for (;;) {
+                const diskcrypt::FileDescriptor c(::accept4(listener_.fd().get(), nullptr, nullptr, SOCK_CLOEXEC));
+                if (!c || stop_) {
+                    return;
+                }
+            }
+        });
+    }
+    ClosingListener(const ClosingListener&) = delete;
+    ClosingListener& operator=(const ClosingListener&) = delete;
+    ClosingListener(ClosingListener&&) = delete;
+    ClosingListener& operator=(ClosingListener&&) = delete;
+    ~ClosingListener()
+    {
+        stop_ = true;
+        (void)::shutdown(listener_.fd().get(), SHUT_RDWR);
+        thread_.join();
+    }
+    [[nodiscard]] std::string endpoint() const { return listener_.endpoint(); }
+
+private:
+    SilentListener listener_;
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
 };
 
 // A port nothing listens on.
@@ -341,7 +375,7 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
         REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
         const diskcrypt::test::Background tls_only(
             {"sh", "-c",
-             "exec openssl s_server -accept \"$1\" -cert \"$2\" -key \"$3\" -CAfile \"$4\" -Verify 1 -quiet <> \"$5\"",
+             R"(exec openssl s_server -accept "$1" -cert "$2" -key "$3" -CAfile "$4" -Verify 1 -quiet <> "$5")",
              "s_server", ep, pki.server_cert(), pki.server_key(), pki.ca(), fifo},
             dir / "s_server.log");
         REQUIRE(wait_listening(ep));
@@ -353,6 +387,14 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
         CHECK(took < 3.5);
         CHECK(e.code() == Errc::kms_unavailable);
         CHECK_THAT(e.what(), Contains("waiting for the response timed out"));
+    }
+    SECTION("a forward whose server is gone (accepted, then closed): unreachable and retried, not a TLS refusal")
+    {
+        const ClosingListener gone;
+        const Agentish a(provider_toml(server, {{gone.endpoint()}, {}, fast}));
+        const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
+        CHECK(e.code() == Errc::kms_unavailable);
+        CHECK_THAT(e.what(), Contains("closed the connection during the TLS handshake") && Contains("attempts"));
     }
     SECTION("the first server down: failover, and the next request goes to the good one first")
     {

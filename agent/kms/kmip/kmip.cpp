@@ -36,8 +36,8 @@ using std::chrono::seconds;
 
 constexpr std::size_t kIvBytes = 12;
 constexpr std::size_t kTagBytes = 16;
-constexpr std::size_t kMaxResponse = 64 * 1024;
-constexpr std::size_t kMaxKeyPem = 64 * 1024;
+constexpr std::size_t kMaxResponse = std::size_t{64} * 1024;
+constexpr std::size_t kMaxKeyPem = std::size_t{64} * 1024;
 constexpr std::size_t kMaxEndpoints = 8;
 constexpr milliseconds kFirstBackoff{50};
 constexpr milliseconds kMaxBackoff{2000};
@@ -363,7 +363,7 @@ private:
 
     // Sites in the order to try: those without a recent failure first, each
     // group in configuration order.
-    std::vector<Site*> order() const
+    [[nodiscard]] std::vector<Site*> order() const
     {
         const Clock::rep now = Clock::now().time_since_epoch().count();
         const Clock::rep memory = std::chrono::duration_cast<Clock::duration>(settings_.failure_memory).count();

@@ -8,6 +8,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,17 +43,65 @@ constexpr const char* kCiphers =
 
 constexpr std::size_t kHeader = 8;
 
+// Keeps a write to a connection the server closed from killing the process
+// with SIGPIPE, whatever the process's disposition (the agent ignores it; a
+// test or tool linking the provider may not): SIGPIPE is blocked in this
+// thread while OpenSSL writes, and one it raised meanwhile is consumed (the
+// write itself fails with EPIPE and is reported).
+class SigpipeGuard {
+public:
+    SigpipeGuard()
+    {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        sigset_t pending;
+        sigemptyset(&pending);
+        was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+        blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
+    }
+    SigpipeGuard(const SigpipeGuard&) = delete;
+    SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+    SigpipeGuard(SigpipeGuard&&) = delete;
+    SigpipeGuard& operator=(SigpipeGuard&&) = delete;
+    ~SigpipeGuard()
+    {
+        if (!blocked_) {
+            return;
+        }
+        sigset_t pending;
+        sigemptyset(&pending);
+        if (!was_pending_ && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+            const timespec now{0, 0};
+            while (sigtimedwait(&pipe_, nullptr, &now) == -1 && errno == EINTR) {
+            }
+        }
+        (void)pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    }
+
+private:
+    sigset_t pipe_{};
+    sigset_t old_{};
+    bool was_pending_ = false;
+    bool blocked_ = false;
+};
+
 int remaining_ms(Clock::time_point deadline)
 {
     const auto left = duration_cast<milliseconds>(deadline - Clock::now()).count();
-    return static_cast<int>(std::clamp<long long>(left, 0, 60 * 60 * 1000));
+    return static_cast<int>(std::clamp<long long>(left, 0, 60LL * 60 * 1000));
 }
 
-// The OpenSSL error queue as one printable line (and emptied).
-std::string ssl_errors()
+// The OpenSSL error queue as one printable line (and emptied). `eof` tells
+// whether the peer closed the TCP connection without a TLS alert: a server
+// that stopped behind a proxy or port forward looks like that.
+std::string ssl_errors(bool* eof = nullptr)
 {
     std::string out;
     while (const unsigned long e = ERR_get_error()) {
+        if (eof != nullptr && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+            ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            *eof = true;
+        }
         std::array<char, 256> buf{};
         ERR_error_string_n(e, buf.data(), buf.size());
         // "error:0A000086:SSL routines::certificate verify failed": keep the reason.
@@ -259,6 +309,7 @@ Connection::Connection(FileDescriptor fd, std::unique_ptr<SSL, SslDeleter> ssl)
 Connection::~Connection()
 {
     if (ssl_ && !broken_) {
+        const SigpipeGuard guard;
         (void)SSL_shutdown(ssl_.get());  // best effort close_notify; never waits
     }
     ERR_clear_error();
@@ -291,6 +342,7 @@ std::unique_ptr<Connection> Connection::open(const TlsContext& tls, const Endpoi
 
 void Connection::handshake(Clock::time_point deadline, const std::string& where)
 {
+    const SigpipeGuard guard;
     ERR_clear_error();
     for (;;) {
         const int rc = SSL_connect(ssl_.get());
@@ -310,10 +362,14 @@ void Connection::handshake(Clock::time_point deadline, const std::string& where)
                                                            printable(where, 256) +
                                                            "': " + X509_verify_cert_error_string(verify));
         }
-        std::string why = ssl_errors();
+        bool eof = false;
+        std::string why = ssl_errors(&eof);
+        if (eof || (why.empty() && (err == SSL_ERROR_SYSCALL || err == SSL_ERROR_ZERO_RETURN))) {
+            // No alert, just a closed connection: not a refusal (retried).
+            throw TransportError(Failure::closed, "the server closed the connection during the TLS handshake");
+        }
         if (why.empty()) {
-            why = err == SSL_ERROR_SYSCALL || err == SSL_ERROR_ZERO_RETURN ? "the server closed the connection"
-                                                                           : "error " + std::to_string(err);
+            why = "error " + std::to_string(err);
         }
         throw TransportError(Failure::tls, "TLS handshake failed: " + why);
     }
@@ -321,6 +377,7 @@ void Connection::handshake(Clock::time_point deadline, const std::string& where)
 
 void Connection::write_all(std::span<const std::uint8_t> data, Clock::time_point deadline)
 {
+    const SigpipeGuard guard;
     while (!data.empty()) {
         ERR_clear_error();
         std::size_t written = 0;
@@ -343,6 +400,7 @@ void Connection::write_all(std::span<const std::uint8_t> data, Clock::time_point
 
 void Connection::read_exact(std::span<std::uint8_t> out, Clock::time_point deadline)
 {
+    const SigpipeGuard guard;
     while (!out.empty()) {
         ERR_clear_error();
         std::size_t got = 0;
@@ -357,8 +415,9 @@ void Connection::read_exact(std::span<std::uint8_t> out, Clock::time_point deadl
             continue;
         }
         broken_ = true;
-        const std::string why = ssl_errors();
-        if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && why.empty())) {
+        bool eof = false;
+        const std::string why = ssl_errors(&eof);
+        if (eof || err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && why.empty())) {
             throw TransportError(Failure::closed, "the server closed the connection before it answered");
         }
         throw TransportError(Failure::tls, "reading the response failed: " + (why.empty() ? "TLS error" : why));

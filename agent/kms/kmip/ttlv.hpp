@@ -90,12 +90,14 @@ public:
 };
 
 struct Limits {
-    std::size_t max_message = 64 * 1024;  // bytes of one whole message
-    std::size_t max_depth = 12;           // structures inside structures
-    std::size_t max_items = 512;          // items in one message
+    std::size_t max_message = std::size_t{64} * 1024;  // bytes of one whole message
+    std::size_t max_depth = 12;                        // structures inside structures
+    std::size_t max_items = 512;                       // items in one message
 };
 
-struct Item {
+// A tree: copying or destroying one recurses into its children (as deep as
+// decoding allows, Limits::max_depth).
+struct Item {  // NOLINT(misc-no-recursion)
     std::uint32_t tag = 0;
     Type type = Type::structure;
     std::int64_t number = 0;              // integer, long, enumeration, boolean, date-time, interval
