@@ -20,8 +20,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::uint64_t kMiB = 1024ULL * 1024;
-
 class KmipWorld {
 public:
     explicit KmipWorld(const std::string& endpoint_override = "")
@@ -64,11 +62,11 @@ public:
     std::unique_ptr<diskcrypt::test::Background> agent;
 };
 
-std::string make_image(const TempDir& dir, const std::string& name)
+std::string kmip_image(const TempDir& dir, const std::string& name)
 {
     std::string path = dir / name;
     diskcrypt::test::write_file(path, "", 0600);
-    std::filesystem::resize_file(path, 32 * kMiB);
+    std::filesystem::resize_file(path, std::uint64_t{32} << 20U);
     return path;
 }
 
@@ -77,7 +75,7 @@ std::string make_image(const TempDir& dir, const std::string& name)
 TEST_CASE("e2e kmip: format and verify through a PyKMIP server", "[e2e][kmip]")
 {
     KmipWorld w;
-    const std::string img = make_image(w.dir, "disk-1.img");
+    const std::string img = kmip_image(w.dir, "disk-1.img");
     const Result f = w.cli_ok({"format", img, "--disk-id", "disk-1", "--type", "network-ssd", "--key", "kms:disk-key"});
     CHECK_THAT(f.out, Contains("key             kms:disk-key version " + w.uid + " (kmip)"));
     const json v = json::parse(w.cli_ok({"--json", "verify", img, "--disk-id", "disk-1"}).out);
@@ -101,7 +99,7 @@ TEST_CASE("e2e kmip: format and verify through a PyKMIP server", "[e2e][kmip]")
         const Result r = w.cli({"verify", img, "--disk-id", "disk-1"});
         CHECK(r.status == 10);
         CHECK_THAT(r.err, Contains("is compromised, not active"));
-        const Result f2 = w.cli({"format", make_image(w.dir, "disk-3.img"), "--disk-id", "disk-3", "--type",
+        const Result f2 = w.cli({"format", kmip_image(w.dir, "disk-3.img"), "--disk-id", "disk-3", "--type",
                                  "network-ssd", "--key", "kms:disk-key"});
         CHECK(f2.status == 10);
         CHECK_THAT(f2.err, Contains("its state is compromised"));

@@ -56,17 +56,6 @@ std::uint16_t free_port()
     return ntohs(addr.sin_port);
 }
 
-int decode_status(int ws)
-{
-    if (WIFEXITED(ws)) {
-        return WEXITSTATUS(ws);
-    }
-    if (WIFSIGNALED(ws)) {
-        return 128 + WTERMSIG(ws);
-    }
-    return -1;
-}
-
 // Waits up to `timeout` for `pid` (our child) to exit; its status if it did.
 std::optional<int> wait_exit(pid_t pid, std::chrono::milliseconds timeout)
 {

@@ -68,6 +68,8 @@ CArgs make_env(const std::map<std::string, std::string>& extra)
     return CArgs(out);
 }
 
+}  // namespace
+
 int decode_status(int ws)
 {
     if (WIFEXITED(ws)) {
@@ -78,8 +80,6 @@ int decode_status(int ws)
     }
     return -1;
 }
-
-}  // namespace
 
 TempDir::TempDir()
 {

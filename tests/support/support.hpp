@@ -32,6 +32,9 @@ private:
     std::string path_;
 };
 
+// A wait status as an exit status: the code, 128+signal when killed, -1 otherwise.
+int decode_status(int ws);
+
 struct Result {
     int status = -1;  // exit status, or 128+signal
     std::string out;

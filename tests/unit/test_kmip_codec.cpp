@@ -15,6 +15,10 @@
 #include "agent/kms/kmip/ttlv.hpp"
 #include "agent/text.hpp"
 
+// A named namespace of its own: the unity build puts this file beside others,
+// and the using-directives must not reach them.
+namespace kmip_codec_test {
+
 using namespace diskcrypt;
 using namespace diskcrypt::kms::kmip;
 
@@ -383,3 +387,5 @@ TEST_CASE("kmip endpoints parse with their port", "[kmip]")
         CHECK_THROWS_AS(parse_endpoint(bad), std::invalid_argument);
     }
 }
+
+}  // namespace kmip_codec_test

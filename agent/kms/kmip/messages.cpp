@@ -10,7 +10,7 @@ namespace {
 
 constexpr std::int32_t kMajor = 1;
 constexpr std::int32_t kMinor = 4;
-constexpr std::int32_t kTagBytes = 16;
+constexpr std::int32_t kGcmTagLength = 16;  // bytes (KMIP Tag Length)
 constexpr std::size_t kMaxUid = 128;
 constexpr std::size_t kMaxMessageText = 512;
 
@@ -34,10 +34,10 @@ SecureBuffer request(Operation op, std::vector<Item> payload)
 
 Item gcm_parameters()
 {
-    return Item::structure(
-        tag::cryptographic_parameters,
-        {Item::enumeration(tag::block_cipher_mode, kModeGcm),
-         Item::enumeration(tag::cryptographic_algorithm, kAlgorithmAes), Item::integer(tag::tag_length, kTagBytes)});
+    return Item::structure(tag::cryptographic_parameters,
+                           {Item::enumeration(tag::block_cipher_mode, kModeGcm),
+                            Item::enumeration(tag::cryptographic_algorithm, kAlgorithmAes),
+                            Item::integer(tag::tag_length, kGcmTagLength)});
 }
 
 std::string printable_text(const Item& item, std::size_t max) { return printable(item.as_text(), max); }

@@ -9,7 +9,6 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include <array>
 #include <cerrno>
 #include <charconv>
+#include <csignal>
 #include <cstring>
 #include <memory>
 
@@ -41,8 +41,6 @@ constexpr const char* kCiphers =
     "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:DHE-RSA-AES256-SHA256:DHE-RSA-AES128-SHA256:"
     "AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256";
 
-constexpr std::size_t kHeader = 8;
-
 // Keeps a write to a connection the server closed from killing the process
 // with SIGPIPE, whatever the process's disposition (the agent ignores it; a
 // test or tool linking the provider may not): SIGPIPE is blocked in this
@@ -50,15 +48,7 @@ constexpr std::size_t kHeader = 8;
 // write itself fails with EPIPE and is reported).
 class SigpipeGuard {
 public:
-    SigpipeGuard()
-    {
-        sigemptyset(&pipe_);
-        sigaddset(&pipe_, SIGPIPE);
-        sigset_t pending;
-        sigemptyset(&pending);
-        was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
-        blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
-    }
+    SigpipeGuard() : was_pending_(pending()), blocked_(block(pipe_, old_)) {}
     SigpipeGuard(const SigpipeGuard&) = delete;
     SigpipeGuard& operator=(const SigpipeGuard&) = delete;
     SigpipeGuard(SigpipeGuard&&) = delete;
@@ -68,9 +58,7 @@ public:
         if (!blocked_) {
             return;
         }
-        sigset_t pending;
-        sigemptyset(&pending);
-        if (!was_pending_ && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        if (!was_pending_ && pending()) {
             const timespec now{0, 0};
             while (sigtimedwait(&pipe_, nullptr, &now) == -1 && errno == EINTR) {
             }
@@ -79,10 +67,23 @@ public:
     }
 
 private:
+    static bool pending()
+    {
+        sigset_t set;
+        sigemptyset(&set);
+        return sigpending(&set) == 0 && sigismember(&set, SIGPIPE) == 1;
+    }
+    static bool block(sigset_t& pipe, sigset_t& old)
+    {
+        sigemptyset(&pipe);
+        sigaddset(&pipe, SIGPIPE);
+        return pthread_sigmask(SIG_BLOCK, &pipe, &old) == 0;
+    }
+
     sigset_t pipe_{};
     sigset_t old_{};
-    bool was_pending_ = false;
-    bool blocked_ = false;
+    bool was_pending_;
+    bool blocked_;
 };
 
 int remaining_ms(Clock::time_point deadline)
@@ -428,7 +429,7 @@ SecureBuffer Connection::round_trip(std::span<const std::uint8_t> request, std::
                                     Clock::time_point deadline)
 {
     write_all(request, deadline);
-    std::array<std::uint8_t, kHeader> header{};
+    std::array<std::uint8_t, kItemHeader> header{};
     read_exact(header, deadline);
     const std::uint32_t first_tag =
         (static_cast<std::uint32_t>(header[0]) << 16U) | (static_cast<std::uint32_t>(header[1]) << 8U) | header[2];
@@ -438,15 +439,15 @@ SecureBuffer Connection::round_trip(std::span<const std::uint8_t> request, std::
         throw TransportError(Failure::protocol,
                              "the server answered with " + tag_hex(first_tag) + ", not a KMIP Response Message");
     }
-    if (length > max_response - kHeader || length % 8 != 0) {
+    if (length > max_response - kItemHeader || length % 8 != 0) {
         broken_ = true;
         throw TransportError(Failure::protocol, "the server announced a response of " + std::to_string(length) +
                                                     " bytes (the limit is " + std::to_string(max_response) +
                                                     ", and it must be a multiple of 8)");
     }
-    SecureBuffer message(kHeader + length);
+    SecureBuffer message(kItemHeader + length);
     std::copy(header.begin(), header.end(), message.data());
-    read_exact(message.span().subspan(kHeader), deadline);
+    read_exact(message.span().subspan(kItemHeader), deadline);
     return message;
 }
 

@@ -7,8 +7,6 @@ namespace diskcrypt::kms::kmip {
 
 namespace {
 
-constexpr std::size_t kHeader = 8;
-
 std::size_t padded(std::size_t n) { return (n + 7) & ~static_cast<std::size_t>(7); }
 
 // The length a fixed-size type must announce; 0 for variable-length types.
@@ -72,7 +70,7 @@ std::size_t encode_at(const Item& item, std::span<std::uint8_t> out)  // NOLINT(
     write_be(out.subspan(0, 3), item.tag);
     out[3] = static_cast<std::uint8_t>(item.type);
     write_be(out.subspan(4, 4), len);
-    std::span<std::uint8_t> v = out.subspan(kHeader);
+    std::span<std::uint8_t> v = out.subspan(kItemHeader);
     switch (item.type) {
         case Type::structure: {
             std::size_t at = 0;
@@ -95,8 +93,8 @@ std::size_t encode_at(const Item& item, std::span<std::uint8_t> out)  // NOLINT(
             std::copy(item.value.begin(), item.value.end(), v.begin());
             break;
     }
-    const std::size_t total = kHeader + padded(len);
-    std::fill(out.begin() + static_cast<std::ptrdiff_t>(kHeader + len),
+    const std::size_t total = kItemHeader + padded(len);
+    std::fill(out.begin() + static_cast<std::ptrdiff_t>(kItemHeader + len),
               out.begin() + static_cast<std::ptrdiff_t>(total), std::uint8_t{0});
     return total;
 }
@@ -110,7 +108,7 @@ public:
         if (++items_ > limits_.max_items) {
             fail(at, 0, "more than " + std::to_string(limits_.max_items) + " items in one message");
         }
-        if (end - at < kHeader) {
+        if (end - at < kItemHeader) {
             fail(at, 0, "truncated item header (" + std::to_string(end - at) + " bytes left)");
         }
         Item it;
@@ -124,7 +122,7 @@ public:
             fail(at, it.tag, "unknown item type 0x" + hex2(t));
         }
         it.type = static_cast<Type>(t);
-        const std::size_t room = end - at - kHeader;
+        const std::size_t room = end - at - kItemHeader;
         if (len > room || padded(len) > room) {
             fail(at, it.tag,
                  "length " + std::to_string(len) + " runs past the end (" + std::to_string(room) + " bytes left)");
@@ -135,7 +133,7 @@ public:
                  std::string(type_name(it.type)) + " of length " + std::to_string(len) + " (must be " +
                      std::to_string(fixed) + ")");
         }
-        const std::size_t v = at + kHeader;
+        const std::size_t v = at + kItemHeader;
         for (std::size_t i = v + len; i < v + padded(len); ++i) {
             if (msg_[i] != 0) {
                 fail(at, it.tag, "non-zero padding");
@@ -149,7 +147,7 @@ public:
                 std::size_t c = v;
                 while (c < v + len) {
                     it.children.push_back(item(c, v + len, depth + 1));
-                    c += kHeader + padded(value_length_at(c));
+                    c += kItemHeader + padded(value_length_at(c));
                 }
                 break;
             }
@@ -364,7 +362,7 @@ std::string_view Item::as_text() const { return {reinterpret_cast<const char*>(v
 
 std::size_t encoded_size(const Item& item)  // NOLINT(misc-no-recursion)
 {
-    return kHeader + padded(value_length(item));
+    return kItemHeader + padded(value_length(item));
 }
 
 SecureBuffer encode(const Item& item)

@@ -84,6 +84,9 @@ inline constexpr std::uint32_t authenticated_encryption_additional_data = 0x4200
 inline constexpr std::uint32_t authenticated_encryption_tag = 0x4200FF;
 }  // namespace tag
 
+// Bytes of an item's tag, type and length.
+inline constexpr std::size_t kItemHeader = 8;
+
 class DecodeError : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
