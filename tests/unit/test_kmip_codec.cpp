@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -337,6 +339,52 @@ TEST_CASE("kmip messages: responses parse, and wrong shapes are refused", "[kmip
         const Item r5 = decode(bad_status);
         CHECK_THROWS_WITH(parse_response(r5, Operation::decrypt), Catch::Contains("result status 9"));
     }
+}
+
+TEST_CASE("kmip messages: responses captured from PyKMIP 0.10 parse as expected", "[kmip]")
+{
+    // Real server answers (tests/fuzz/corpus/kmip/pykmip-*, also fuzz seeds).
+    const auto load = [](const std::string& name) {
+        std::ifstream in(std::string(DISKCRYPT_SOURCE_DIR) + "/tests/fuzz/corpus/kmip/" + name, std::ios::binary);
+        REQUIRE(in.good());
+        return std::vector<std::uint8_t>(std::istreambuf_iterator<char>(in), {});
+    };
+    const auto enc = load("pykmip-encrypt-aes-256-gcm-12-byte-iv-aad-tag-length-16");
+    const Item enc_root = decode(enc);
+    const EncryptResult e = parse_encrypt(parse_response(enc_root, Operation::encrypt));
+    CHECK(e.tag.size() == 16);
+    CHECK(e.iv.empty());  // PyKMIP does not echo a client's IV
+    const auto dec = load("pykmip-decrypt-aes-256-gcm-12-byte-iv-aad-tag");
+    const Item dec_root = decode(dec);
+    CHECK(parse_decrypt(parse_response(dec_root, Operation::decrypt)).data.size() == e.data.size());
+    const auto bad = load("pykmip-decrypt-with-a-wrong-aad-authentication-failure");
+    const Item bad_root = decode(bad);
+    const Response br = parse_response(bad_root, Operation::decrypt);
+    CHECK(br.status == ResultStatus::operation_failed);
+    CHECK(br.reason == reason::general_failure);
+    const Context ctx{"kms", "127.0.0.1:5696", "diskcrypt-agent", "disk-key", "13"};
+    CHECK(map_result(br, ctx, KeyState::active).code() == Errc::binding);
+    const auto missing = load("pykmip-getattributes-of-a-uid-that-never-existed");
+    const Item missing_root = decode(missing);
+    const Response mr = parse_response(missing_root, Operation::get_attributes);
+    CHECK(map_result(mr, ctx, KeyState::unknown).code() == Errc::kms_key);
+    const auto attrs = load("pykmip-getattributes-state-cryptographic-algorithm-crypto");
+    const Item attrs_root = decode(attrs);
+    const Attributes a = parse_get_attributes(parse_response(attrs_root, Operation::get_attributes));
+    CHECK(a.state == KeyState::active);
+    CHECK(a.algorithm == kAlgorithmAes);
+    CHECK(a.length == 256);
+    CHECK(a.usage_mask == 12);
+    CHECK(a.names.size() == 1);
+    const auto located = load("pykmip-locate-by-name-matching-two-keys");
+    const Item located_root = decode(located);
+    CHECK(parse_locate(parse_response(located_root, Operation::locate)).size() >= 2);
+    // Message-level refusals come with protocol version 1.0 and no Operation.
+    const auto noauth = load("pykmip-getattributes-with-a-client-certificate-without-an");
+    const Item noauth_root = decode(noauth);
+    const Response nr = parse_response(noauth_root, Operation::get_attributes);
+    CHECK(nr.reason == reason::authentication_not_successful);
+    CHECK(map_result(nr, ctx, KeyState::unknown).code() == Errc::kms_auth);
 }
 
 TEST_CASE("kmip results map to specific errors", "[kmip]")
