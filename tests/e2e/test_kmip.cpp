@@ -106,7 +106,7 @@ TEST_CASE("e2e kmip: format and verify through a PyKMIP server", "[e2e][kmip]")
     }
     SECTION("the server stopped: a clear error within the deadline")
     {
-        REQUIRE(w.server.stop() == 0);
+        (void)w.server.crash();  // at once: stop() would wait 10 s for the agent's pooled connection
         const auto t0 = std::chrono::steady_clock::now();
         const Result r = w.cli({"verify", img, "--disk-id", "disk-1"});
         const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

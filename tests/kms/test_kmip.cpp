@@ -44,16 +44,16 @@ struct Options {
     std::string server_name = "kmip.test";
 };
 
-std::string provider_toml(const PyKmipServer& server, const Options& o)
+std::string provider_toml(const diskcrypt::test::KmipPki& pki, const Options& o)
 {
     std::string list;
     for (const auto& e : o.endpoints) {
         list += (list.empty() ? "\"" : ", \"") + e + "\"";
     }
-    const KmipIdentity id = o.identity.value_or(server.pki().client());
+    const KmipIdentity id = o.identity.value_or(pki.client());
     return "[providers.kms]\ntype = \"kmip\"\nendpoints = [" + list + "]\nserver_name = \"" + o.server_name + "\"\n" +
-           "ca_file = \"" + server.ca() + "\"\nclient_certificate = \"" + id.cert + "\"\nclient_key_file = \"" +
-           id.key + "\"\n" + o.extra;
+           "ca_file = \"" + pki.ca() + "\"\nclient_certificate = \"" + id.cert + "\"\nclient_key_file = \"" + id.key +
+           "\"\n" + o.extra;
 }
 
 struct Agentish {
@@ -179,7 +179,7 @@ TEST_CASE("kmip: describe, wrap and unwrap through PyKMIP", "[kmip][pykmip]")
     const TempDir dir;
     const PyKmipServer server(dir);
     const std::string uid = server.create_key("disk-key");
-    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+    const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, ""}));
     auto& p = a.provider();
 
     const auto d = p.describe("disk-key");
@@ -240,7 +240,7 @@ TEST_CASE("kmip: keys that are not active are refused with their state", "[kmip]
     const TempDir dir;
     const PyKmipServer server(dir);
     const std::string uid = server.create_key("disk-key");
-    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+    const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, ""}));
     auto& p = a.provider();
     KeyRef key = kKeyRef;
     key.version = uid;
@@ -298,7 +298,7 @@ TEST_CASE("kmip: identities the server refuses", "[kmip][pykmip]")
     SECTION("another tenant's key is invisible and unusable")
     {
         const std::string theirs = server.create_key("their-key", true, server.pki().client2());
-        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, ""}));
+        const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, ""}));
         CHECK(error_of([&] { (void)a.provider().describe("their-key"); }).code() == Errc::kms_key);
         KeyRef key = kKeyRef;
         key.version = theirs;
@@ -309,7 +309,7 @@ TEST_CASE("kmip: identities the server refuses", "[kmip][pykmip]")
     }
     SECTION("a client certificate from another CA fails the handshake at once")
     {
-        const Agentish a(provider_toml(server, {{server.endpoint()}, server.pki().rogue(), ""}));
+        const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, server.pki().rogue(), ""}));
         const auto t0 = Clock::now();
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         CHECK(seconds_since(t0) < 3.0);  // not retried until the deadline
@@ -319,14 +319,14 @@ TEST_CASE("kmip: identities the server refuses", "[kmip][pykmip]")
     }
     SECTION("a server certificate for another name is refused")
     {
-        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "", "other.test"}));
+        const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, "", "other.test"}));
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         CHECK(e.code() == Errc::kms_auth);
         CHECK_THAT(e.what(), Contains("certificate was refused for 'other.test'") && Contains("hostname mismatch"));
     }
     SECTION("a client certificate without clientAuth is refused by the server")
     {
-        const Agentish a(provider_toml(server, {{server.endpoint()}, server.pki().noauth(), ""}));
+        const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, server.pki().noauth(), ""}));
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         CHECK(e.code() == Errc::kms_auth);
     }
@@ -335,15 +335,18 @@ TEST_CASE("kmip: identities the server refuses", "[kmip][pykmip]")
 TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[kmip][pykmip]")
 {
     const TempDir dir;
-    PyKmipServer server(dir);
-    const std::string uid = server.create_key("disk-key");
+    // The PKI alone where no real server is needed; a server where it is.
+    const auto pki = diskcrypt::test::KmipPki::make(dir / "pki");
+    const auto start_server = [&] {
+        return std::make_unique<PyKmipServer>(dir, diskcrypt::test::PyKmipOptions{pki, false});
+    };
     const std::string fast = "request_timeout = 3\nconnect_timeout = 1\nread_timeout = 1\n";
 
     SECTION("no server listening: unreachable, every endpoint named, within the deadline")
     {
         const std::string a1 = closed_endpoint();
         const std::string a2 = closed_endpoint();
-        const Agentish a(provider_toml(server, {{a1, a2}, {}, fast}));
+        const Agentish a(provider_toml(pki, {{a1, a2}, {}, fast}));
         const auto t0 = Clock::now();
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         const double took = seconds_since(t0);
@@ -355,7 +358,7 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
     SECTION("a server that accepts and never answers: a timeout, not a hang")
     {
         const SilentListener silent;
-        const Agentish a(provider_toml(server, {{silent.endpoint()}, {}, fast}));
+        const Agentish a(provider_toml(pki, {{silent.endpoint()}, {}, fast}));
         const auto t0 = Clock::now();
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         const double took = seconds_since(t0);
@@ -367,7 +370,6 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
     SECTION("a TLS server that never speaks KMIP: the read times out")
     {
         const std::string ep = closed_endpoint();
-        const auto& pki = server.pki();
         // openssl s_server completes the handshake (client certificate
         // required) and then only prints what it receives; its input is a
         // FIFO it holds open itself, so it neither sends nor sees an EOF.
@@ -379,7 +381,7 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
              "s_server", ep, pki.server_cert(), pki.server_key(), pki.ca(), fifo},
             dir / "s_server.log");
         REQUIRE(wait_listening(ep));
-        const Agentish a(provider_toml(server, {{ep}, {}, fast}));
+        const Agentish a(provider_toml(pki, {{ep}, {}, fast}));
         const auto t0 = Clock::now();
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         const double took = seconds_since(t0);
@@ -391,15 +393,17 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
     SECTION("a forward whose server is gone (accepted, then closed): unreachable and retried, not a TLS refusal")
     {
         const ClosingListener gone;
-        const Agentish a(provider_toml(server, {{gone.endpoint()}, {}, fast}));
+        const Agentish a(provider_toml(pki, {{gone.endpoint()}, {}, fast}));
         const Error e = error_of([&] { (void)a.provider().describe("disk-key"); });
         CHECK(e.code() == Errc::kms_unavailable);
         CHECK_THAT(e.what(), Contains("closed the connection during the TLS handshake") && Contains("attempts"));
     }
     SECTION("the first server down: failover, and the next request goes to the good one first")
     {
+        const auto server = start_server();
+        const std::string uid = server->create_key("disk-key");
         const SilentListener silent;
-        const Agentish a(provider_toml(server, {{silent.endpoint(), server.endpoint()}, {}, fast}));
+        const Agentish a(provider_toml(pki, {{silent.endpoint(), server->endpoint()}, {}, fast}));
         auto& p = a.provider();
         const auto t0 = Clock::now();
         CHECK(p.describe("disk-key").version == uid);
@@ -412,10 +416,12 @@ TEST_CASE("kmip: servers down, silent or failing over, within the deadline", "[k
     }
     SECTION("the server restarts: pooled connections are replaced")
     {
-        const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "pool_size = 1\n" + fast}));
+        const auto server = start_server();
+        const std::string uid = server->create_key("disk-key");
+        const Agentish a(provider_toml(pki, {{server->endpoint()}, {}, "pool_size = 1\n" + fast}));
         auto& p = a.provider();
         CHECK(p.describe("disk-key").version == uid);
-        server.restart();
+        server->restart(true);  // the pooled connection is reset, not closed cleanly
         CHECK(p.describe("disk-key").version == uid);
     }
 }
@@ -425,7 +431,7 @@ TEST_CASE("kmip: concurrent unwraps share a small pool of connections", "[kmip][
     const TempDir dir;
     const PyKmipServer server(dir);
     const std::string uid = server.create_key("disk-key");
-    const Agentish a(provider_toml(server, {{server.endpoint()}, {}, "pool_size = 4\nrequest_timeout = 60\n"}));
+    const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, "pool_size = 4\nrequest_timeout = 60\n"}));
     auto& p = a.provider();
     KeyRef key = kKeyRef;
     key.version = uid;

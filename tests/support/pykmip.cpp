@@ -250,9 +250,21 @@ int PyKmipServer::stop()
     return status.value_or(-1);
 }
 
-void PyKmipServer::restart()
+int PyKmipServer::crash()
 {
-    (void)stop();
+    if (pid_ <= 0) {
+        return 0;
+    }
+    const pid_t pid = std::exchange(pid_, -1);
+    (void)kill(-pid, SIGKILL);
+    const std::optional<int> status = wait_exit(pid, std::chrono::seconds(5));
+    (void)group_gone(pid, std::chrono::seconds(3));
+    return status.value_or(-1);
+}
+
+void PyKmipServer::restart(bool crash_first)
+{
+    (void)(crash_first ? crash() : stop());
     start();
 }
 

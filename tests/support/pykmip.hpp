@@ -109,9 +109,13 @@ public:
     // SIGKILL. Returns the exit status (128+signal if killed); no process of
     // the group is left. Nothing when already stopped (returns 0).
     int stop();
-    // stop(), then start again with the same port, PKI and database (keys
-    // and their states survive). About 2 s.
-    void restart();
+    // The server dies at once (SIGKILL to its process group), as when the
+    // KMS host fails: open connections are reset, with no wait for them
+    // (stop() waits up to 10 s for each). Returns the exit status (137).
+    int crash();
+    // stop() (or crash()), then start again with the same port, PKI and
+    // database (keys and their states survive). About 2 s after a stop.
+    void restart(bool crash_first = false);
 
     // pykmip_admin.py ARGS as `as` (default: pki().client()); the result,
     // whatever the status.
