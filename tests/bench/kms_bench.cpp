@@ -175,7 +175,8 @@ private:
             lock.unlock();
             std::this_thread::sleep_until(due);
             for (std::size_t off = 0; off < data.size();) {
-                const ssize_t w = ::write(to, data.data() + off, data.size() - off);
+                // MSG_NOSIGNAL: a peer that closed must not kill the benchmark with SIGPIPE.
+                const ssize_t w = ::send(to, data.data() + off, data.size() - off, MSG_NOSIGNAL);
                 if (w <= 0) {
                     break;
                 }
