@@ -376,53 +376,54 @@ void Connection::handshake(Clock::time_point deadline, const std::string& where)
     }
 }
 
-void Connection::write_all(std::span<const std::uint8_t> data, Clock::time_point deadline)
+// Moves `total` bytes through `op` (SSL_write_ex or SSL_read_ex from an
+// offset), waiting on the socket as OpenSSL asks, until the deadline. A
+// socket error (reset, broken pipe) or an EOF means the server went away:
+// Failure::closed, which the provider retries on a fresh connection; a TLS
+// error or alert is Failure::tls.
+template <typename Op>
+void Connection::transfer(std::size_t total, Op op, Clock::time_point deadline, const char* step)
 {
     const SigpipeGuard guard;
-    while (!data.empty()) {
+    std::size_t done = 0;
+    while (done < total) {
         ERR_clear_error();
-        std::size_t written = 0;
-        const int rc = SSL_write_ex(ssl_.get(), data.data(), data.size(), &written);
+        std::size_t n = 0;
+        const int rc = op(done, &n);
         if (rc == 1) {
-            data = data.subspan(written);
+            done += n;
             continue;
         }
         const int err = SSL_get_error(ssl_.get(), rc);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-            wait_io(fd_.get(), err == SSL_ERROR_WANT_READ, deadline, "sending the request");
-            continue;
-        }
-        broken_ = true;
-        const std::string why = ssl_errors();
-        throw TransportError(why.empty() ? Failure::closed : Failure::tls,
-                             "sending the request failed: " + (why.empty() ? "connection closed" : why));
-    }
-}
-
-void Connection::read_exact(std::span<std::uint8_t> out, Clock::time_point deadline)
-{
-    const SigpipeGuard guard;
-    while (!out.empty()) {
-        ERR_clear_error();
-        std::size_t got = 0;
-        const int rc = SSL_read_ex(ssl_.get(), out.data(), out.size(), &got);
-        if (rc == 1) {
-            out = out.subspan(got);
-            continue;
-        }
-        const int err = SSL_get_error(ssl_.get(), rc);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-            wait_io(fd_.get(), err == SSL_ERROR_WANT_READ, deadline, "waiting for the response");
+            wait_io(fd_.get(), err == SSL_ERROR_WANT_READ, deadline, step);
             continue;
         }
         broken_ = true;
         bool eof = false;
         const std::string why = ssl_errors(&eof);
-        if (eof || err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && why.empty())) {
-            throw TransportError(Failure::closed, "the server closed the connection before it answered");
+        if (eof || err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL) {
+            throw TransportError(Failure::closed, std::string(step) + ": the server closed the connection" +
+                                                      (why.empty() ? "" : " (" + why + ")"));
         }
-        throw TransportError(Failure::tls, "reading the response failed: " + (why.empty() ? "TLS error" : why));
+        throw TransportError(Failure::tls, std::string(step) + " failed: " + (why.empty() ? "TLS error" : why));
     }
+}
+
+void Connection::write_all(std::span<const std::uint8_t> data, Clock::time_point deadline)
+{
+    transfer(
+        data.size(),
+        [&](std::size_t at, std::size_t* n) { return SSL_write_ex(ssl_.get(), data.data() + at, data.size() - at, n); },
+        deadline, "sending the request");
+}
+
+void Connection::read_exact(std::span<std::uint8_t> out, Clock::time_point deadline)
+{
+    transfer(
+        out.size(),
+        [&](std::size_t at, std::size_t* n) { return SSL_read_ex(ssl_.get(), out.data() + at, out.size() - at, n); },
+        deadline, "waiting for the response");
 }
 
 SecureBuffer Connection::round_trip(std::span<const std::uint8_t> request, std::size_t max_response,

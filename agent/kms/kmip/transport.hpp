@@ -107,6 +107,8 @@ public:
 private:
     Connection(FileDescriptor fd, std::unique_ptr<SSL, SslDeleter> ssl);
     void handshake(Clock::time_point deadline, const std::string& where);
+    template <typename Op>
+    void transfer(std::size_t total, Op op, Clock::time_point deadline, const char* step);
     void write_all(std::span<const std::uint8_t> data, Clock::time_point deadline);
     void read_exact(std::span<std::uint8_t> out, Clock::time_point deadline);
 
