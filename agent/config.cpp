@@ -38,7 +38,7 @@ std::string type_name(const toml::node& node)
 std::string unknown_section(const std::string& name)
 {
     return "unknown section '" + name +
-           "' (known: [agent], [audit], [auto_attach], [disk_types.TYPE], [providers.NAME], [recovery])";
+           "' (known: [agent], [audit], [auto_attach], [disk_types.TYPE], [providers.NAME], [recovery], [revocation])";
 }
 
 std::string must_be_table(const std::string& name) { return "'" + name + "' must be a table ([" + name + "])"; }
@@ -380,6 +380,59 @@ void open_policy(AgentConfig& cfg)
             "access policy " + path + " loaded at start: " + std::to_string(p->binding_count()) + " bindings"});
 }
 
+std::string_view revocation_mode_name(RevocationMode mode)
+{
+    return mode == RevocationMode::revoke ? "revoke" : "keep";
+}
+
+RevocationMode RevocationSettings::mode_for(const KeyRef& key) const
+{
+    const auto it = keys.find(key.spec());
+    return it != keys.end() ? it->second : mode;
+}
+
+namespace {
+
+// [revocation]: mode, interval, and the keys listed under revoke and keep.
+// Runs after the providers are known: a listed key must name one.
+void parse_revocation_section(ConfigSection& s, AgentConfig& cfg)
+{
+    RevocationSettings& r = cfg.revocation;
+    if (const auto mode = s.optional_string("mode")) {
+        if (*mode == "keep" || *mode == "revoke") {
+            r.mode = *mode == "revoke" ? RevocationMode::revoke : RevocationMode::keep;
+        } else {
+            throw s.error_at("mode", "must be \"keep\" or \"revoke\", not \"" + printable(*mode, 32) + "\"");
+        }
+    }
+    if (const auto interval = s.optional_unsigned("interval", 86400)) {
+        if (*interval < 1) {
+            throw s.error_at("interval", "must be at least 1 (seconds between key-state checks)");
+        }
+        r.interval = std::chrono::seconds(*interval);
+    }
+    for (const auto& [list, mode] : {std::pair{"revoke", RevocationMode::revoke}, std::pair{"keep", RevocationMode::keep}}) {
+        for (const std::string& spec : s.optional_string_list(list).value_or(std::vector<std::string>{})) {
+            KeyRef key;
+            try {
+                key = parse_key_spec(spec);
+            } catch (const Error& e) {
+                throw s.error_at(list, e.what());
+            }
+            if (cfg.provider(key.provider) == nullptr) {
+                throw s.error_at(list, "key " + key.spec() + " names provider '" + key.provider +
+                                           "', which is not configured");
+            }
+            if (!r.keys.emplace(key.spec(), mode).second) {
+                throw s.error_at(list, "key " + key.spec() + " is listed twice (under revoke and keep, or twice in one)");
+            }
+        }
+    }
+    s.finish();
+}
+
+}  // namespace
+
 AgentConfig parse_config(std::string_view text, const std::string& source)
 {
     const toml::table root = parse_toml(text, source);
@@ -389,7 +442,7 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     for (const auto& [key, node] : root) {
         const std::string k = printable(key.str());
         if (k != "agent" && k != "providers" && k != "audit" && k != "disk_types" && k != "recovery" &&
-            k != "auto_attach") {
+            k != "auto_attach" && k != "revocation") {
             throw config_error_at(source, node, unknown_section(k));
         }
         if (!node.is_table()) {
@@ -433,6 +486,10 @@ AgentConfig parse_config(std::string_view text, const std::string& source)
     });
     if (cfg.providers.empty()) {
         throw Error(Errc::config, source + ":1: no KMS provider is configured: add a [providers.NAME] section");
+    }
+    if (const auto* revocation = root.get_as<toml::table>("revocation")) {
+        ConfigSection s(*revocation, source, "revocation");
+        parse_revocation_section(s, cfg);
     }
     if (cfg.default_key && cfg.provider(cfg.default_key->provider) == nullptr) {
         const auto* agent = root.get_as<toml::table>("agent");

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <toml++/toml.h>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -71,6 +72,19 @@ private:
     std::set<std::string, std::less<>> used_;
 };
 
+// [revocation]: what happens to attached disks when the KMS reports their
+// key disabled or destroyed (agent/ops/revocation.hpp).
+enum class RevocationMode : std::uint8_t { keep, revoke };
+std::string_view revocation_mode_name(RevocationMode mode);
+
+struct RevocationSettings {
+    RevocationMode mode = RevocationMode::keep;  // for keys not listed below
+    std::chrono::seconds interval{60};           // between key-state checks
+    // Per key ("PROVIDER:KEY_ID"), overriding `mode`.
+    std::map<std::string, RevocationMode, std::less<>> keys;
+    [[nodiscard]] RevocationMode mode_for(const KeyRef& key) const;
+};
+
 struct AgentConfig {
     std::string source;  // the file it came from
     std::string socket_path = std::string(proto::kDefaultSocketPath);
@@ -87,6 +101,7 @@ struct AgentConfig {
     // [auto_attach] directory: host provisioning's entries, one file per disk
     // that may be attached when its device appears (agent/ops/auto_attach.hpp).
     std::string auto_attach_dir = "/etc/diskcrypt/disks.d";
+    RevocationSettings revocation;  // [revocation]
     // The profiles of the disk types the host overrides ([disk_types.TYPE]),
     // each the built-in one with the host's changes.
     std::map<std::string, DiskProfile, std::less<>> disk_profiles;

@@ -21,11 +21,7 @@ namespace diskcrypt::dm {
 
 namespace {
 
-std::mutex& dm_mutex()
-{
-    static std::mutex m;
-    return m;
-}
+std::mutex& dm_mutex() { return libdevmapper_mutex(); }
 
 // libdevmapper's messages go to the agent's log at debug level: the agent
 // reports failures in its own words, with the errno of the ioctl.
@@ -50,6 +46,8 @@ void init_once()
 {
     static std::once_flag once;
     std::call_once(once, [] {
+        // After libcryptsetup set its own log, which it then never resets.
+        pin_cryptsetup_backend();
         dm_log_with_errno_init(dm_log);
         if (access("/run/udev/control", F_OK) != 0) {
             dm_udev_set_sync_support(0);
@@ -314,6 +312,47 @@ void replace_with_error(const std::string& name, std::uint64_t length)
     const DmTask t = task(DM_DEVICE_RESUME, name);
     if (const int e = run_with_cookie(t); e != 0) {
         throw Error(Errc::kernel, errno_text("device-mapper refused to switch " + name + " to dm-error", e));
+    }
+}
+
+void suspend(const std::string& name)
+{
+    require_available();
+    DmTask t;
+    {
+        const std::lock_guard lock(dm_mutex());
+        t = task(DM_DEVICE_SUSPEND, name);
+        (void)dm_task_skip_lockfs(t.get());  // the VM's filesystem is not the host's to freeze
+    }
+    if (const int e = run(t); e != 0) {
+        if (e == ENXIO) {
+            throw Error(Errc::not_attached, "mapping " + name + " does not exist");
+        }
+        throw Error(Errc::kernel, errno_text("device-mapper refused to suspend " + name, e));
+    }
+}
+
+void resume(const std::string& name)
+{
+    require_available();
+    const std::lock_guard lock(dm_mutex());
+    const DmTask t = task(DM_DEVICE_RESUME, name);
+    if (const int e = run_with_cookie(t); e != 0) {
+        throw Error(Errc::kernel, errno_text("device-mapper refused to resume " + name, e),
+                    e == ENOKEY ? "the target has no valid key: set one first" : "see the kernel log (dmesg)");
+    }
+}
+
+void message(const std::string& name, const std::string& text)
+{
+    require_available();
+    const std::lock_guard lock(dm_mutex());
+    const DmTask t = task(DM_DEVICE_TARGET_MSG, name);
+    if (dm_task_set_sector(t.get(), 0) == 0 || dm_task_set_message(t.get(), text.c_str()) == 0) {
+        throw Error(Errc::internal, "cannot prepare the message '" + text + "' for " + name);
+    }
+    if (const int e = run(t); e != 0) {
+        throw Error(Errc::kernel, errno_text("the target of " + name + " refused the message '" + text + "'", e));
     }
 }
 

@@ -67,6 +67,20 @@ void remove(const std::string& name, bool deferred);
 // I/O fails and the target's key is destroyed with its table).
 void replace_with_error(const std::string& name, std::uint64_t length);
 
+// Suspends a mapping: in-flight I/O completes, new I/O waits in device-mapper
+// until resume. Runs without the process-wide mutex (the ioctl waits for the
+// backing device; other mappings' calls must not wait behind it).
+// Error(not_attached) if there is no such mapping, Error(kernel) otherwise.
+void suspend(const std::string& name);
+
+// Resumes a suspended mapping (the target's preresume may refuse: ENOKEY
+// for a wiped key). Error(kernel) with the errno.
+void resume(const std::string& name);
+
+// Sends a message to the mapping's target at sector 0 (DM_DEVICE_TARGET_MSG),
+// e.g. "key wipe". Error(kernel) with the errno (EBUSY: not suspended).
+void message(const std::string& name, const std::string& text);
+
 // Whether the kernel knows the target type (DM_DEVICE_LIST_VERSIONS).
 bool has_target(const std::string& type);
 

@@ -12,9 +12,11 @@
 #include <libdevmapper.h>
 #include <p11-kit/pkcs11.h>
 #include <sys/file.h>
+#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -56,10 +58,29 @@ private:
     int fd_ = -1;
 };
 
+// The process-wide mutex of libdevmapper's global state (its log function,
+// its node-operation queue; agent/dm.cpp). libcryptsetup shares that state:
+// crypt_init starts its device-mapper backend and crypt_free stops it (the
+// last one resets libdevmapper's log and runs its pending node operations),
+// so both run under this mutex: crypt_init only through crypt_init_shared.
+std::mutex& libdevmapper_mutex();
+// crypt_init under the mutex, with libcryptsetup's backend pinned for the
+// process (one context that is never freed), so no crypt_free ever resets
+// libdevmapper under a device-mapper call of another thread.
+int crypt_init_shared(crypt_device** cd, const char* device);
+// The pinning alone, for agent/dm.cpp's first libdevmapper call (under the
+// mutex): libcryptsetup's backend starts before the agent sets its
+// libdevmapper log, and never resets it.
+void pin_cryptsetup_backend();
+
 struct CryptDeviceDeleter {
-    void operator()(crypt_device* cd) const { crypt_free(cd); }
+    void operator()(crypt_device* cd) const
+    {
+        const std::lock_guard lock(libdevmapper_mutex());
+        crypt_free(cd);
+    }
 };
-// A libcryptsetup context (crypt_init .. crypt_free).
+// A libcryptsetup context (crypt_init_shared .. crypt_free).
 using CryptDevice = std::unique_ptr<crypt_device, CryptDeviceDeleter>;
 
 struct BlkidProbeDeleter {
@@ -131,6 +152,12 @@ public:
 private:
     const Pkcs11Session& session_;
 };
+
+struct SdJournalDeleter {
+    void operator()(sd_journal* j) const { sd_journal_close(j); }
+};
+// A systemd journal reader (sd_journal_open .. sd_journal_close).
+using SdJournal = std::unique_ptr<sd_journal, SdJournalDeleter>;
 
 struct DmTaskDeleter {
     void operator()(dm_task* t) const { dm_task_destroy(t); }

@@ -136,6 +136,21 @@ void validate(Arguments& a)
         }
     } else if (a.command == Command::auto_attach || a.command == Command::auto_detach) {
         a.autodev.devno = device_number(a.autodev.devno);
+    } else if (a.command == Command::audit) {
+        if (a.audit.disk_id) {
+            validate_disk_id(*a.audit.disk_id);
+        }
+        if (a.audit.key) {
+            (void)parse_key_spec(*a.audit.key);
+        }
+    } else if (a.command == Command::key) {
+        if (a.key.key) {
+            (void)parse_key_spec(*a.key.key);
+        }
+        if (a.key.provider) {
+            validate_provider_name(*a.key.provider);
+        }
+        validate_user_account(a.key.user);
     } else if (a.command == Command::detach) {
         validate_disk_id(a.detach.disk_id);
     } else if (a.command == Command::status && a.status.disk_id) {
@@ -306,6 +321,46 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     decrypt->add_option("disk-id", a.decrypt.disk_id, "the disk id")->required();
     auto* decrypt_dev = decrypt->add_option("--device", decrypt_device, "its device");
 
+    auto* key = app.add_subcommand("key", "manage KMS keys: create, list, rotate, disable, enable, destroy");
+    key->require_subcommand(1);
+    std::string key_provider;
+    std::string key_spec;
+    struct KeySub {
+        CLI::App* app;
+        std::string_view action;
+    };
+    std::vector<KeySub> key_subs;
+    for (const auto& [action, help] :
+         {std::pair{"create", "create a key (version 1) on its provider (kms.keys.create: kms.editor)"},
+          std::pair{"rotate", "make a new primary version; older versions still unwrap (kms.editor)"},
+          std::pair{"disable", "stop every version from wrapping and unwrapping (kms.editor)"},
+          std::pair{"enable", "let a disabled key work again, where the provider allows it (kms.editor)"},
+          std::pair{"destroy", "destroy every version of a key, irreversibly (kms.keys.destroy: kms.admin)"}}) {
+        auto* sub = key->add_subcommand(action, help);
+        sub->add_option("key", key_spec, "the key, PROVIDER:KEY_ID")->required();
+        sub->add_option("--user", a.key.user, "the acting user, as the control plane asserts it")->required();
+        if (std::string_view(action) == "destroy") {
+            sub->add_flag("--force", a.key.force, "destroy even though disks attached on this host use the key");
+        }
+        key_subs.push_back({sub, action});
+    }
+    auto* key_list = key->add_subcommand("list", "list the keys the user may see (kms.keys.list: kms.viewer)");
+    auto* key_list_provider = key_list->add_option("provider", key_provider, "only this provider's keys");
+    key_list->add_option("--user", a.key.user, "the acting user, as the control plane asserts it")->required();
+
+    auto* check_keys = app.add_subcommand(
+        "check-keys", "check now the KMS state of the keys of attached disks; revoke or restore per [revocation]");
+
+    auto* audit = app.add_subcommand(
+        "audit", "show the key-use audit trail (the agent's audit file or journal), oldest first");
+    std::string audit_disk;
+    std::string audit_key;
+    std::string audit_since;
+    auto* audit_disk_opt = audit->add_option("--disk", audit_disk, "only events of this disk id");
+    auto* audit_key_opt = audit->add_option("--key", audit_key, "only events of this key, PROVIDER:KEY_ID (any version)");
+    auto* audit_since_opt = audit->add_option(
+        "--since", audit_since, "only events at or after T: 2026-12-03T15:48:07Z, 2026-12-03, @EPOCH, -2h, -30m, -7d");
+
     exit_code = 0;
     try {
         app.parse(argc, argv);
@@ -343,6 +398,33 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     } else if (auto_attach->parsed() || auto_detach->parsed()) {
         a.command = auto_attach->parsed() ? Command::auto_attach : Command::auto_detach;
         a.autodev.devno = auto_device;
+    } else if (audit->parsed()) {
+        a.command = Command::audit;
+        if (audit_disk_opt->count() > 0) {
+            a.audit.disk_id = audit_disk;
+        }
+        if (audit_key_opt->count() > 0) {
+            a.audit.key = audit_key;
+        }
+        if (audit_since_opt->count() > 0) {
+            a.audit.since = audit_since;
+        }
+    } else if (check_keys->parsed()) {
+        a.command = Command::check_keys;
+    } else if (key->parsed()) {
+        a.command = Command::key;
+        if (key_list->parsed()) {
+            a.key.action = "list";
+            if (key_list_provider->count() > 0) {
+                a.key.provider = key_provider;
+            }
+        }
+        for (const KeySub& k : key_subs) {
+            if (k.app->parsed()) {
+                a.key.action = std::string(k.action);
+                a.key.key = key_spec;
+            }
+        }
     } else if (decrypt->parsed()) {
         a.command = Command::decrypt;
         if (decrypt_dev->count() > 0) {

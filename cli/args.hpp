@@ -23,7 +23,10 @@ enum class Command {
     decrypt,
     import_image,
     auto_attach,
-    auto_detach
+    auto_detach,
+    key,
+    check_keys,
+    audit
 };
 
 struct Arguments {
@@ -40,6 +43,8 @@ struct Arguments {
     proto::DecryptArgs decrypt;     // for Command::decrypt
     proto::ImportArgs import;       // for Command::import_image
     proto::AutoDeviceArgs autodev;  // for Command::auto_attach and auto_detach (MAJ:MIN)
+    proto::KeyArgs key;             // for Command::key
+    proto::AuditArgs audit;         // for Command::audit
 };
 
 // Parses argv (argv[0] is the program name). On --help, a usage error or an

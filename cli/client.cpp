@@ -116,4 +116,30 @@ proto::Response list_all(const std::function<proto::Response(const std::string& 
     }
 }
 
+proto::Response audit_all(proto::AuditArgs args,
+                          const std::function<proto::Response(const std::string& request)>& call,
+                          const std::function<void(nlohmann::json& page)>& page)
+{
+    for (;;) {
+        proto::Response r = call(proto::encode_request("audit", proto::to_json(args)));
+        if (!r.ok) {
+            return r;
+        }
+        const auto events = r.result.find("events");
+        if (events == r.result.end() || !events->is_array()) {
+            throw Error(Errc::protocol, "the agent's audit response has no 'events' array");
+        }
+        page(r.result);
+        const auto next = r.result.find("next");
+        if (next == r.result.end() || next->is_null()) {
+            r.result["events"] = nlohmann::json::array();
+            return r;
+        }
+        if (!next->is_string() || (args.after && next->get<std::string>() == *args.after)) {
+            throw Error(Errc::protocol, "the agent's audit page does not advance (its 'next' is the cursor sent)");
+        }
+        args.after = next->get<std::string>();
+    }
+}
+
 }  // namespace diskcrypt::cli

@@ -25,4 +25,12 @@ proto::Response call_agent(const std::string& socket_path, const std::string& re
 // Error(protocol) if a page does not advance (a `next` not after the last).
 proto::Response list_all(const std::function<proto::Response(const std::string& request)>& call);
 
+// The audit trail: `audit` page by page, each page's events handed to
+// `page` as they come (oldest first); the last response (its `events`
+// empty) is returned, or the first that failed. A page whose `next` repeats
+// the cursor just sent is a protocol error.
+proto::Response audit_all(proto::AuditArgs args,
+                          const std::function<proto::Response(const std::string& request)>& call,
+                          const std::function<void(nlohmann::json& page)>& page);
+
 }  // namespace diskcrypt::cli

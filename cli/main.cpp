@@ -28,6 +28,37 @@ int main(int argc, char** argv)
             cli::print_result(args->command, r.result, args->json, std::cout);
             return 0;
         }
+        if (args->command == cli::Command::audit) {
+            // Page by page; text is printed as the pages come, JSON is one
+            // document {"source", "skipped", "events": [...]} at the end.
+            nlohmann::json all = nlohmann::json::array();
+            std::size_t skipped = 0;
+            bool header = false;
+            const proto::Response r = cli::audit_all(
+                args->audit, [&](const std::string& request) { return cli::call_agent(args->socket, request); },
+                [&](nlohmann::json& page) {
+                    skipped += page.value("skipped", std::size_t{0});
+                    if (args->json) {
+                        for (auto& e : page.at("events")) {
+                            all.push_back(std::move(e));
+                        }
+                    } else {
+                        cli::print_audit_events(page, !header, std::cout);
+                        header = header || !page.at("events").empty();
+                    }
+                });
+            if (!r.ok) {
+                cli::print_error(r.code, r.message, r.hint, args->json, std::cout, std::cerr);
+                return exit_status(r.code);
+            }
+            nlohmann::json done = {{"source", r.result.value("source", "")}, {"skipped", skipped}, {"events", all}};
+            if (args->json) {
+                cli::print_result(args->command, done, true, std::cout);
+            } else {
+                cli::print_audit_end(done, header, std::cout);
+            }
+            return 0;
+        }
         std::string request;
         switch (args->command) {
             case cli::Command::format:
@@ -62,6 +93,14 @@ int main(int argc, char** argv)
                 break;
             case cli::Command::decrypt:
                 request = proto::encode_request("decrypt", proto::to_json(args->decrypt));
+                break;
+            case cli::Command::audit:
+                break;  // above
+            case cli::Command::check_keys:
+                request = proto::encode_request("check-keys", nlohmann::json::object());
+                break;
+            case cli::Command::key:
+                request = proto::encode_request("key", proto::to_json(args->key));
                 break;
             case cli::Command::list:
                 break;  // above

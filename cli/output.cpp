@@ -104,6 +104,17 @@ void disk_rows(std::ostream& out, const json& r)
     if (const auto it = r.find("header_error"); it != r.end() && it->is_string()) {
         row(out, "header", "not readable: " + str(r, "header_error"));
     }
+    if (const auto it = r.find("revoked"); it != r.end() && it->is_object()) {
+        const json& k = it->contains("key") && it->at("key").is_object() ? it->at("key") : json::object();
+        row(out, "revoked",
+            (k.empty() ? std::string("key wiped") : "key " + str(k, "provider") + ":" + str(k, "id") + " version " +
+                                                         str(k, "version") + " is " + str(*it, "state")) +
+                (it->at("since").is_string() ? " (since " + str(*it, "since") + ")" : "") +
+                ": I/O waits until the key is active again and the disk is re-keyed");
+        if (k.empty()) {
+            row(out, "", str(*it, "state"));
+        }
+    }
 }
 
 void pad(std::ostream& out, const std::string& text, std::size_t width)
@@ -112,6 +123,55 @@ void pad(std::ostream& out, const std::string& text, std::size_t width)
     for (std::size_t i = text.size(); i < width; ++i) {
         out << ' ';
     }
+}
+
+// Rows of cells in columns two spaces apart; the last column is not padded.
+void table(std::ostream& out, const std::vector<std::vector<std::string>>& rows)
+{
+    std::vector<std::size_t> width;
+    for (const auto& r : rows) {
+        width.resize(std::max(width.size(), r.size()), 0);
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            width[i] = std::max(width[i], r[i].size() + 2);
+        }
+    }
+    for (const auto& r : rows) {
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            if (i + 1 == r.size()) {
+                out << r[i];
+            } else {
+                pad(out, r[i], width[i]);
+            }
+        }
+        out << '\n';
+    }
+}
+
+// "1 disabled, 2 active (primary)".
+std::string versions_text(const json& k)
+{
+    std::string t;
+    if (k.contains("versions") && k.at("versions").is_array()) {
+        for (const json& v : k.at("versions")) {
+            t += (t.empty() ? "" : ", ") + str(v, "version") + " " + str(v, "state") +
+                 (v.value("primary", false) ? " (primary)" : "");
+        }
+    }
+    return t.empty() ? "-" : t;
+}
+
+void key_table(std::ostream& out, const json& keys)
+{
+    if (!keys.is_array() || keys.empty()) {
+        out << "No keys to show.\n";
+        return;
+    }
+    std::vector<std::vector<std::string>> rows{{"KEY", "TYPE", "PRIMARY", "VERSIONS"}};
+    for (const json& k : keys) {
+        rows.push_back({str(k, "provider") + ":" + str(k, "id"), str(k, "provider_type"), str(k, "primary"),
+                        versions_text(k)});
+    }
+    table(out, rows);
 }
 
 void disk_table(std::ostream& out, const json& disks)
@@ -130,22 +190,7 @@ void disk_table(std::ostream& out, const json& disks)
                         str(d, "sector_size"), str(d, "open_count"), empty ? "empty" : str(d, "key_state"),
                         unreadable ? "header unreadable" : disk_key_text(d)});
     }
-    std::vector<std::size_t> width(head.size(), 0);
-    for (const auto& r : rows) {
-        for (std::size_t i = 0; i < r.size(); ++i) {
-            width[i] = std::max(width[i], r[i].size() + 2);
-        }
-    }
-    for (const auto& r : rows) {
-        for (std::size_t i = 0; i < r.size(); ++i) {
-            if (i + 1 == r.size()) {
-                out << r[i];
-            } else {
-                pad(out, r[i], width[i]);
-            }
-        }
-        out << '\n';
-    }
+    table(out, rows);
 }
 
 }  // namespace
@@ -234,7 +279,52 @@ void print_error(Errc code, const std::string& message, const std::string& hint,
     }
 }
 
-void print_result(Command command, const json& r, bool json, std::ostream& out)
+void print_audit_events(const nlohmann::json& page, bool first, std::ostream& out)
+{
+    (void)first;
+    if (!page.contains("events") || !page.at("events").is_array()) {
+        return;
+    }
+    for (const nlohmann::json& e : page.at("events")) {
+        if (!e.is_object()) {
+            continue;
+        }
+        std::string line = str(e, "time") + "  " + str(e, "event") + "  " + str(e, "result");
+        for (const char* field : {"disk_id", "service_account", "user", "device"}) {
+            if (e.contains(field) && e.at(field).is_string()) {
+                line += std::string("  ") + (std::string_view(field) == "disk_id" ? "disk" : field) + "=" + str(e, field);
+            }
+        }
+        if (e.contains("key") && e.at("key").is_object()) {
+            const nlohmann::json& k = e.at("key");
+            line += "  key=" + str(k, "provider") + ":" + str(k, "id") +
+                    (k.contains("version") && k.at("version").is_string() ? " version=" + str(k, "version") : "");
+        }
+        if (e.contains("caller") && e.at("caller").is_object()) {
+            line += "  uid=" + str(e.at("caller"), "uid");
+        }
+        if (e.contains("reason") && e.at("reason").is_string()) {
+            line += "  reason=" + str(e, "reason");
+        }
+        if (e.contains("message") && e.at("message").is_string()) {
+            line += ": " + str(e, "message");
+        }
+        out << line << '\n';
+    }
+}
+
+void print_audit_end(const nlohmann::json& done, bool printed, std::ostream& out)
+{
+    if (!printed) {
+        out << "No events in the " << str(done, "source") << " match.\n";
+    }
+    if (num(done, "skipped") > 0) {
+        out << "(" << str(done, "skipped") << " line(s) of the " << str(done, "source")
+            << " were not audit events and were skipped)\n";
+    }
+}
+
+void print_result(Command command, const nlohmann::json& r, bool json, std::ostream& out)
 {
     if (json) {
         out << json_text(r) << '\n';
@@ -307,7 +397,7 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
             }
             break;
         case Command::list:
-            disk_table(out, r.contains("disks") ? r.at("disks") : json::array());
+            disk_table(out, r.contains("disks") ? r.at("disks") : nlohmann::json::array());
             break;
         case Command::copy: {
             const nlohmann::json& src =
@@ -330,6 +420,66 @@ void print_result(Command command, const json& r, bool json, std::ostream& out)
                     (num(r, "resumed_from") > 0 ? ", resumed at byte " + str(r, "resumed_from") : ""));
             if (num(r, "zeroed_bytes") > 0) {
                 row(out, "zeroed", bytes_text(num(r, "zeroed_bytes")) + " beyond the source's size");
+            }
+            break;
+        }
+        case Command::key: {
+            const std::string action = str(r, "action");
+            if (action == "list") {
+                key_table(out, r.contains("keys") ? r.at("keys") : nlohmann::json::array());
+                if (num(r, "hidden") > 0) {
+                    out << "(" << str(r, "hidden") << " more key(s) not shown: user " << str(r, "user")
+                        << " lacks kms.keys.list on them)\n";
+                }
+                break;
+            }
+            const nlohmann::json& k = r.contains("key") && r.at("key").is_object() ? r.at("key") : nlohmann::json::object();
+            const std::string spec = str(k, "provider") + ":" + str(k, "id");
+            if (action == "destroy") {
+                out << "Destroyed key " << spec << " (" << str(k, "provider_type") << "): every version\n";
+                if (r.value("forced", false)) {
+                    row(out, "forced", "disks attached on this host used it: " + list_text(r, "attached_disks"));
+                }
+            } else {
+                const std::string done = action == "create"    ? "Created"
+                                         : action == "rotate"  ? "Rotated"
+                                         : action == "disable" ? "Disabled"
+                                                               : "Enabled";
+                out << done << " key " << spec << " (" << str(k, "provider_type") << ")\n";
+                row(out, "primary", "version " + str(k, "primary"));
+                row(out, "versions", versions_text(k));
+            }
+            row(out, "user", str(r, "user"));
+            row(out, "access policy", str(r, "policy_revision"));
+            break;
+        }
+        case Command::audit:
+            print_audit_events(r, true, out);
+            print_audit_end(r, r.contains("events") && r.at("events").is_array() && !r.at("events").empty(), out);
+            break;
+        case Command::check_keys: {
+            out << "Checked " << (r.contains("keys") && r.at("keys").is_array() ? r.at("keys").size() : 0)
+                << " key(s) at " << str(r, "time") << " in " << str(r, "elapsed_ms") << " ms\n";
+            if (r.contains("keys") && r.at("keys").is_array()) {
+                for (const nlohmann::json& k : r.at("keys")) {
+                    std::string states;
+                    if (k.contains("states") && k.at("states").is_object()) {
+                        for (const auto& [version, st] : k.at("states").items()) {
+                            states += (states.empty() ? "" : ", ") + sanitize(version) + " " + text(st);
+                        }
+                    }
+                    row(out, str(k, "provider") + ":" + str(k, "id"),
+                        str(k, "mode") + "; disks " + list_text(k, "disks") + "; " +
+                            (k.at("error").is_string() ? "KMS did not answer (nothing changed): " + str(k, "error")
+                                                       : "versions " + states));
+                }
+            }
+            row(out, "revoked", list_text(r, "revoked"));
+            row(out, "restored", list_text(r, "restored"));
+            if (r.contains("failed") && r.at("failed").is_array()) {
+                for (const nlohmann::json& f : r.at("failed")) {
+                    row(out, "failed", str(f, "disk_id") + ": " + str(f, "error"));
+                }
             }
             break;
         }

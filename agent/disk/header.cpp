@@ -310,7 +310,7 @@ CryptDevice open_luks2(const std::string& path, const std::string& shown_name)
 {
     const std::string name = printable(shown_name);
     crypt_device* raw = nullptr;
-    int r = crypt_init(&raw, path.c_str());
+    int r = crypt_init_shared(&raw, path.c_str());
     CryptDevice cd(raw);
     if (r < 0) {
         throw Error(Errc::device, errno_text("cannot open device " + name, -r));

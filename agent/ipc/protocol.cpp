@@ -86,8 +86,20 @@ const std::vector<OpSpec>& ops()
           {"user", ArgType::string, true},
           {"to_key", ArgType::string, false}}},
         {"import", import_spec},
+        {"key",
+         {{"action", ArgType::string, true},
+          {"key", ArgType::string, false},
+          {"provider", ArgType::string, false},
+          {"user", ArgType::string, true},
+          {"force", ArgType::boolean, false}}},
         {"decrypt", {{"device", ArgType::string, false}, {"disk_id", ArgType::string, true}}},
         {"recover", {{"device", ArgType::string, true}}},
+        {"check-keys", {}},
+        {"audit",
+         {{"disk_id", ArgType::string, false},
+          {"key", ArgType::string, false},
+          {"since", ArgType::string, false},
+          {"after", ArgType::string, false}}},
         {"auto-attach", {{"devno", ArgType::string, true}}},
         {"auto-detach", {{"devno", ArgType::string, true}}},
     };
@@ -449,6 +461,51 @@ json to_json(const CopyArgs& a)
     }
     if (a.target_service_account) {
         j["target_service_account"] = *a.target_service_account;
+    }
+    if (a.force) {
+        j["force"] = true;
+    }
+    return j;
+}
+
+AuditArgs audit_args(const json& args)
+{
+    return AuditArgs{opt<std::string>(args, "disk_id"), opt<std::string>(args, "key"), opt<std::string>(args, "since"),
+                     opt<std::string>(args, "after")};
+}
+
+json to_json(const AuditArgs& a)
+{
+    json j = json::object();
+    for (const auto& [name, value] :
+         {std::pair{"disk_id", &a.disk_id}, std::pair{"key", &a.key}, std::pair{"since", &a.since},
+          std::pair{"after", &a.after}}) {
+        if (*value) {
+            j[name] = **value;
+        }
+    }
+    return j;
+}
+
+KeyArgs key_args(const json& args)
+{
+    KeyArgs a;
+    a.action = args.at("action").get<std::string>();
+    a.key = opt<std::string>(args, "key");
+    a.provider = opt<std::string>(args, "provider");
+    a.user = args.at("user").get<std::string>();
+    a.force = opt<bool>(args, "force").value_or(false);
+    return a;
+}
+
+json to_json(const KeyArgs& a)
+{
+    json j = {{"action", a.action}, {"user", a.user}};
+    if (a.key) {
+        j["key"] = *a.key;
+    }
+    if (a.provider) {
+        j["provider"] = *a.provider;
     }
     if (a.force) {
         j["force"] = true;

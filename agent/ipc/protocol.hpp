@@ -158,6 +158,30 @@ struct RewrapArgs {
 RewrapArgs rewrap_args(const nlohmann::json& args);
 nlohmann::json to_json(const RewrapArgs& a);
 
+// Arguments of "key": the action (create, list, rotate, disable, enable,
+// destroy), the key (all but list), the acting user, a provider to list, and
+// destroy's force.
+struct KeyArgs {
+    std::string action;
+    std::optional<std::string> key;
+    std::optional<std::string> provider;
+    std::string user;
+    bool force = false;
+};
+KeyArgs key_args(const nlohmann::json& args);
+nlohmann::json to_json(const KeyArgs& a);
+
+// Arguments of "audit": filters (disk id, key as PROVIDER:KEY_ID, since: a
+// time as audit::parse_since reads it) and the cursor of the previous page.
+struct AuditArgs {
+    std::optional<std::string> disk_id;
+    std::optional<std::string> key;
+    std::optional<std::string> since;
+    std::optional<std::string> after;
+};
+AuditArgs audit_args(const nlohmann::json& args);
+nlohmann::json to_json(const AuditArgs& a);
+
 // Arguments of "import": format's, and the unencrypted source (a raw image
 // file or block device) streamed into the new disk.
 struct ImportArgs {

@@ -30,7 +30,10 @@
 #include "agent/ops/copy.hpp"
 #include "agent/ops/format.hpp"
 #include "agent/ops/import.hpp"
+#include "agent/audit_query.hpp"
+#include "agent/ops/key.hpp"
 #include "agent/ops/recover.hpp"
+#include "agent/ops/revocation.hpp"
 #include "agent/ops/rewrap.hpp"
 #include "agent/ops/verify.hpp"
 #include "agent/secure_buffer.hpp"
@@ -78,6 +81,19 @@ json policy_status(const AgentConfig& cfg)
                 {"bindings", p->binding_count()}};
 }
 
+json revocation_status(const AgentConfig& cfg)
+{
+    json keys = json::object();
+    for (const auto& [spec, mode] : cfg.revocation.keys) {
+        keys[spec] = revocation_mode_name(mode);
+    }
+    const auto last = last_revocation_check();
+    return {{"mode", revocation_mode_name(cfg.revocation.mode)},
+            {"interval_s", cfg.revocation.interval.count()},
+            {"keys", keys},
+            {"last_check", last ? json(*last) : json(nullptr)}};
+}
+
 json status(const AgentConfig& cfg, const ServerState& state)
 {
     json providers = json::array();
@@ -100,6 +116,7 @@ json status(const AgentConfig& cfg, const ServerState& state)
         {"providers", providers},
         {"device_mapper", dm::available()},
         {"attached", attached_count()},
+        {"revocation", revocation_status(cfg)},
     };
 }
 
@@ -345,7 +362,8 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
                             ? "status and list are open to root and to members of the agent's status_group"
                             : "run it as root");
         }
-        audited = r.op != "status" && r.op != "list";
+        // Reading the audit trail is audited once per command, at its first page.
+        audited = r.op != "status" && r.op != "list" && !(r.op == "audit" && r.args.contains("after"));
         if (audited) {
             log_info("request " + r.op + " from " + peer_text(peer) + describe_args(r));
         }
@@ -412,6 +430,62 @@ Handled handle(const AgentConfig& cfg, const ServerState& state, const Peer& pee
                    " version " + w.to.version;
             log_info("rewrap done: disk=" + w.disk_id + " " + note);
             result = to_json(w);
+        } else if (r.op == "key") {
+            const proto::KeyArgs ka = proto::key_args(r.args);
+            // The event names the action: key-create, key-rotate, ...
+            out.op = "key-" + std::string(key_action_name(parse_key_action(ka.action)));
+            ctx.op = out.op;
+            const KeyResult k = key_command(cfg, ka);
+            note = "key " + std::string(key_action_name(k.action));
+            if (k.action == KeyAction::list) {
+                note += ": " + std::to_string(k.keys.size()) + " key(s) shown, " + std::to_string(k.hidden) +
+                        " hidden (no kms.keys.list)";
+            } else if (!k.keys.empty()) {
+                const KeyEntry& e = k.keys.front();
+                note += " " + e.key.spec();
+                for (const kms::KeyVersion& v : e.info.versions) {
+                    if (v.primary) {
+                        note += ": primary version " + v.version + " (" + v.state + ")";
+                    }
+                }
+                if (k.forced) {
+                    note += "; forced while attached disks use it";
+                }
+            }
+            log_info("key done: " + note + " by user " + k.user);
+            result = to_json(k);
+        } else if (r.op == "audit") {
+            const proto::AuditArgs a = proto::audit_args(r.args);
+            audit::Query q;
+            if (a.disk_id) {
+                validate_disk_id(*a.disk_id);
+                q.disk_id = a.disk_id;
+            }
+            if (a.key) {
+                q.key = parse_key_spec(*a.key);
+            }
+            if (a.since) {
+                q.since = audit::parse_since(*a.since, static_cast<std::int64_t>(std::time(nullptr)));
+            }
+            q.after = a.after;
+            const audit::Page page = audit::query(cfg.audit, q);
+            json events = json::array();
+            for (const auto& e : page.events) {
+                // Sanitized by the reader; dumped as ASCII, so it parses back.
+                events.push_back(json::parse(e.dump(-1, ' ', true, nlohmann::ordered_json::error_handler_t::replace)));
+            }
+            note = "read " + std::to_string(page.events.size()) + " event(s) from the " + page.source;
+            result = {{"source", page.source},
+                      {"events", std::move(events)},
+                      {"skipped", page.skipped},
+                      {"next", page.next ? json(*page.next) : json(nullptr)}};
+        } else if (r.op == "check-keys") {
+            const RevocationReport c = check_revocation(cfg);
+            note = std::to_string(c.keys.size()) + " key(s) checked, " + std::to_string(c.revoked.size()) +
+                   " disk(s) revoked, " + std::to_string(c.restored.size()) + " restored, " +
+                   std::to_string(c.failed.size()) + " failed";
+            log_info("check-keys done: " + note);
+            result = to_json(c);
         } else if (r.op == "decrypt") {
             const proto::DecryptArgs a = proto::decrypt_args(r.args);
             validate_disk_id(a.disk_id);
@@ -633,6 +707,9 @@ void Server::reload_policy()
 
 int Server::run()
 {
+    // The periodic key-state check of attached disks (its first check runs
+    // now: it finds disks an earlier agent process revoked).
+    RevocationMonitor monitor(cfg_);
     (void)sd_notify(0, "READY=1\nSTATUS=serving");
     // systemd's watchdog (WatchdogSec= in the unit): WATCHDOG=1 at half the
     // interval, from this loop, so a stuck accept loop is restarted.
@@ -696,7 +773,17 @@ int Server::run()
         (void)shutdown(fd, SHUT_RD);
     }
     if (idle_.wait_for(lock, std::chrono::seconds(kStopGraceSeconds), [this] { return connections_.empty(); })) {
-        return rc;
+        lock.unlock();
+        if (monitor.stop(std::chrono::seconds(kStopGraceSeconds))) {
+            return rc;
+        }
+        // A key check still waits for a KMS or a suspend: exit without it.
+        log_error("the key-state check still runs " + std::to_string(kStopGraceSeconds) +
+                  " s after the stop request; exiting without it");
+        if (created_socket_) {
+            (void)unlink(socket_path_.c_str());
+        }
+        std::_Exit(rc);
     }
     // Requests still running (a KMS call, a slow device): their callers are
     // told, and the agent exits without them. The kernel releases their disk

@@ -20,7 +20,9 @@
 #include "agent/kms/pool.hpp"
 #include "agent/kms/provider.hpp"
 #include "agent/log.hpp"
+#include "agent/names.hpp"
 #include "agent/raii.hpp"
+#include "agent/text.hpp"
 
 namespace diskcrypt::kms::pkcs11 {
 
@@ -40,7 +42,7 @@ struct CkrName {
     std::string_view name;
 };
 
-constexpr std::array<CkrName, 40> kCkrNames{{
+constexpr std::array<CkrName, 48> kCkrNames{{
     {CKR_OK, "CKR_OK"},
     {CKR_HOST_MEMORY, "CKR_HOST_MEMORY"},
     {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID"},
@@ -81,6 +83,14 @@ constexpr std::array<CkrName, 40> kCkrNames{{
     {CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED"},
     {CKR_CRYPTOKI_ALREADY_INITIALIZED, "CKR_CRYPTOKI_ALREADY_INITIALIZED"},
     {CKR_DATA_LEN_RANGE, "CKR_DATA_LEN_RANGE"},
+    {CKR_ATTRIBUTE_READ_ONLY, "CKR_ATTRIBUTE_READ_ONLY"},
+    {CKR_ATTRIBUTE_VALUE_INVALID, "CKR_ATTRIBUTE_VALUE_INVALID"},
+    {CKR_ACTION_PROHIBITED, "CKR_ACTION_PROHIBITED"},
+    {CKR_OBJECT_HANDLE_INVALID, "CKR_OBJECT_HANDLE_INVALID"},
+    {CKR_SESSION_READ_ONLY, "CKR_SESSION_READ_ONLY"},
+    {CKR_TEMPLATE_INCOMPLETE, "CKR_TEMPLATE_INCOMPLETE"},
+    {CKR_TEMPLATE_INCONSISTENT, "CKR_TEMPLATE_INCONSISTENT"},
+    {CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED"},
 }};
 
 std::string where(const Context& ctx) { return "provider '" + ctx.provider + "'"; }
@@ -97,8 +107,121 @@ std::string ckr_name(CK_RV rv)
     return "CKR_0x" + hex_ulong(rv);
 }
 
+std::string object_id(std::string_view key_id, std::uint32_t version)
+{
+    std::string id(key_id);
+    if (version != 1) {
+        id += '#';
+        id += std::to_string(version);
+    }
+    return id;
+}
+
+std::optional<std::uint32_t> parse_key_version(std::string_view version)
+{
+    constexpr std::size_t kMaxDigits = 6;  // kMaxKeyVersion
+    if (version.empty() || version.size() > kMaxDigits || version.front() == '0') {
+        return std::nullopt;
+    }
+    std::uint32_t n = 0;
+    for (const char c : version) {
+        if (c < '0' || c > '9') {
+            return std::nullopt;
+        }
+        n = n * 10 + static_cast<std::uint32_t>(c - '0');
+    }
+    return n;
+}
+
+std::optional<KeyObjectId> parse_object_id(std::string_view cka_id)
+{
+    KeyObjectId out;
+    const std::size_t hash = cka_id.find('#');
+    if (hash == std::string_view::npos) {
+        out.key_id = std::string(cka_id);
+    } else {
+        const std::optional<std::uint32_t> version = parse_key_version(cka_id.substr(hash + 1));
+        if (!version || *version < 2) {
+            return std::nullopt;  // "k#1" is not version 1 (that is "k"), "k#01", "k#2#3" nothing
+        }
+        out.key_id = std::string(cka_id.substr(0, hash));
+        out.version = *version;
+    }
+    try {
+        validate_key_id(out.key_id);  // printable ASCII from its alphabet, 1-128 bytes
+    } catch (const Error&) {
+        return std::nullopt;
+    }
+    return out;
+}
+
+namespace {
+
+// The failures of the calls that change keys (create, rotate, disable,
+// enable, destroy) that mean something else there than in wrap and unwrap.
+std::optional<Error> change_error(CK_RV rv, Call call, const Context& ctx)
+{
+    if (call != Call::generate_key && call != Call::set_attributes && call != Call::destroy_object) {
+        return std::nullopt;
+    }
+    const std::string code = " (" + ckr_name(rv) + ")";
+    const std::string token = "token '" + ctx.token + "'";
+    const std::string key = "key '" + ctx.key_id + "'";
+    switch (rv) {
+        case CKR_TOKEN_WRITE_PROTECTED:
+        case CKR_SESSION_READ_ONLY:
+            return Error(
+                Errc::not_supported,
+                where(ctx) + ": " + token + " is write-protected: keys cannot be created, changed or destroyed" + code,
+                "use a writable token, or change keys with the HSM's own tools");
+        case CKR_FUNCTION_NOT_SUPPORTED:
+            return Error(Errc::not_supported,
+                         where(ctx) + ": the PKCS#11 module cannot " +
+                             (call == Call::generate_key     ? "generate keys (C_GenerateKey)"
+                              : call == Call::set_attributes ? "change key attributes (C_SetAttributeValue)"
+                                                             : "destroy keys (C_DestroyObject)") +
+                             code,
+                         "change keys with the HSM's own tools");
+        case CKR_ATTRIBUTE_READ_ONLY:
+        case CKR_ACTION_PROHIBITED:
+        case CKR_ATTRIBUTE_TYPE_INVALID:
+        case CKR_ATTRIBUTE_VALUE_INVALID:
+        case CKR_TEMPLATE_INCOMPLETE:
+        case CKR_TEMPLATE_INCONSISTENT:
+        case CKR_MECHANISM_INVALID:
+        case CKR_MECHANISM_PARAM_INVALID:
+        case CKR_KEY_SIZE_RANGE:
+            break;
+        default:
+            return std::nullopt;
+    }
+    if (call == Call::set_attributes) {
+        return Error(
+            Errc::kms_key,
+            where(ctx) + ": " + token + " refuses to change CKA_ENCRYPT and CKA_DECRYPT of " + key + code,
+            "the key is not modifiable (CKA_MODIFIABLE false) or the HSM's policy forbids the change: change it "
+            "with the HSM's own tools");
+    }
+    if (call == Call::destroy_object) {
+        return Error(Errc::kms_key, where(ctx) + ": " + token + " refuses to destroy " + key + code,
+                     "the key is not destroyable (CKA_DESTROYABLE false) or the HSM's policy forbids it: destroy it "
+                     "with the HSM's own tools");
+    }
+    return Error(Errc::not_supported,
+                 where(ctx) + ": " + token + " refuses to generate " + key +
+                     " as diskcrypt makes keys (AES-256 with CKM_AES_KEY_GEN, a private token object, sensitive, not "
+                     "extractable, encrypt and decrypt only, modifiable)" +
+                     code,
+                 "create the key with the HSM's own tools (agent/README.md, \"PKCS#11\")");
+}
+
+}  // namespace
+
 Error map_ck_rv(CK_RV rv, Call call, const Context& ctx)
 {
+    if (std::optional<Error> e = change_error(rv, call, ctx)) {
+        return *e;
+    }
     const std::string code = " (" + ckr_name(rv) + ")";
     const std::string token = "token '" + ctx.token + "'";
     const std::string key = "key '" + ctx.key_id + "' on " + token;
@@ -375,6 +498,62 @@ struct KeyAttributes {
     std::string label;
 };
 
+// CKA_ENCRYPT and CKA_DECRYPT of a key object: its state.
+struct UseFlags {
+    bool encrypt = false;
+    bool decrypt = false;
+
+    friend bool operator==(const UseFlags&, const UseFlags&) = default;
+};
+
+constexpr std::string_view kStateActive = "active";
+constexpr std::string_view kStateDisabled = "disabled";
+constexpr std::string_view kStateDestroyed = "destroyed";
+// Two objects with the version's CKA_ID (list_keys only; everything else
+// refuses such a version).
+constexpr std::string_view kStateAmbiguous = "ambiguous";
+
+std::string p11_state_name(UseFlags flags)
+{
+    if (flags.encrypt && flags.decrypt) {
+        return std::string(kStateActive);
+    }
+    if (!flags.encrypt && !flags.decrypt) {
+        return std::string(kStateDisabled);
+    }
+    return flags.encrypt ? "encrypt-only" : "decrypt-only";
+}
+
+// A key's versions: version -> the objects carrying its CKA_ID (exactly one,
+// except where a token holds duplicates).
+using VersionObjects = std::map<std::uint32_t, std::vector<CK_OBJECT_HANDLE>>;
+
+// A secret key object whose CKA_ID fits the naming scheme.
+struct ScannedKey {
+    CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+    KeyObjectId id;
+};
+
+// "version 2", "versions 1 and 2", "versions 1, 2 and 3".
+std::string p11_versions_text(const std::vector<std::uint32_t>& versions)
+{
+    std::string out = versions.size() == 1 ? "version " : "versions ";
+    for (std::size_t i = 0; i < versions.size(); ++i) {
+        if (i > 0) {
+            out += i + 1 == versions.size() ? " and " : ", ";
+        }
+        out += std::to_string(versions[i]);
+    }
+    return out;
+}
+
+// "CKA_ID 'disk-key-01#2' (hex ...)".
+std::string p11_cka_id_text(std::string_view cka_id)
+{
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(cka_id.data());
+    return "CKA_ID '" + std::string(cka_id) + "' (hex " + hex_encode({bytes, cka_id.size()}) + ")";
+}
+
 class Pkcs11Provider final : public Provider {
 public:
     Pkcs11Provider(std::string name, Settings settings)
@@ -385,43 +564,192 @@ public:
     [[nodiscard]] const std::string& name() const override { return name_; }
     [[nodiscard]] std::string_view type() const override { return kType; }
 
+    // The primary version (the highest present) and its attributes.
     KeyDescription describe(std::string_view key_id) override
     {
-        const Context ctx = context(key_id);
-        const KeyAttributes a = with_session(ctx, [&](Session& session) { return find_key(session, ctx); });
-        KeyDescription d;
-        d.provider_type = std::string(kType);
-        d.key_id = std::string(key_id);
-        d.version = std::string(kKeyVersion);
-        d.algorithm = (a.key_type == CKK_AES) ? "AES-" + std::to_string(a.value_len * 8) : "not AES";
-        d.enabled = true;  // PKCS#11 has no key state beyond the attributes below
-        d.can_encrypt = a.encrypt;
-        d.can_decrypt = a.decrypt;
-        d.extractable = a.extractable || !a.sensitive;
-        d.label = a.label;
-        return d;
+        const Context ctx = checked_context(key_id);
+        return with_session(ctx, [&](const Session& session) {
+            const VersionObjects versions = find_versions(session, ctx);
+            const std::uint32_t primary = versions.rbegin()->first;
+            const KeyAttributes a = read_attributes(session, versions.rbegin()->second.front());
+            if (!a.encrypt && !a.decrypt) {
+                throw disabled_error(ctx, primary);
+            }
+            KeyDescription d;
+            d.provider_type = std::string(kType);
+            d.key_id = std::string(key_id);
+            d.version = std::to_string(primary);
+            d.algorithm = algorithm_name(a);
+            d.enabled = true;  // not disabled; may still be allowed only one of encrypt and decrypt
+            d.state = p11_state_name({a.encrypt, a.decrypt});
+            d.can_encrypt = a.encrypt;
+            d.can_decrypt = a.decrypt;
+            d.extractable = a.extractable || !a.sensitive;
+            d.label = a.label;
+            return d;
+        });
     }
 
     WrappedSecret wrap(std::string_view key_id, std::string_view version, std::span<const std::uint8_t> secret,
                        std::span<const std::uint8_t> ad) override
     {
-        const Context ctx = context(key_id);
-        require_version(ctx, version);
-        return with_session(ctx, [&](Session& session) { return wrap_in(session, ctx, secret, ad); });
+        const Context ctx = checked_context(key_id);
+        const std::uint32_t n = require_version(ctx, version);
+        return with_session(ctx, [&](Session& session) { return wrap_in(session, ctx, n, secret, ad); });
     }
 
     SecureBuffer unwrap(std::string_view key_id, std::string_view version, const WrappedSecret& wrapped,
                         std::span<const std::uint8_t> ad) override
     {
-        const Context ctx = context(key_id);
-        require_version(ctx, version);
+        const Context ctx = checked_context(key_id);
+        const std::uint32_t n = require_version(ctx, version);
         if (wrapped.algorithm != "AES-256-GCM" || wrapped.iv.size() != kIvBytes || wrapped.tag.size() != kTagBytes ||
             wrapped.ciphertext.empty()) {
             throw Error(Errc::header, where(ctx) +
                                           ": the wrapped secret is not AES-256-GCM with a 12-byte IV and a "
                                           "16-byte tag");
         }
-        return with_session(ctx, [&](Session& session) { return unwrap_in(session, ctx, wrapped, ad); });
+        return with_session(ctx, [&](Session& session) { return unwrap_in(session, ctx, n, wrapped, ad); });
+    }
+
+    std::vector<KeyInfo> list_keys() override
+    {
+        const Context ctx = context("");
+        return with_session(ctx, [&](const Session& session) {
+            std::map<std::string, VersionObjects> keys;
+            for (ScannedKey& k : scan_secret_keys(session, ctx)) {
+                keys[std::move(k.id.key_id)][k.id.version].push_back(k.handle);
+            }
+            std::vector<KeyInfo> out;
+            out.reserve(keys.size());
+            for (const auto& [key_id, versions] : keys) {
+                out.push_back(info_of(session, key_id, versions));
+            }
+            return out;
+        });
+    }
+
+    KeyInfo key_info(std::string_view key_id) override
+    {
+        const Context ctx = checked_context(key_id);
+        return with_session(
+            ctx, [&](const Session& session) { return info_of(session, ctx.key_id, find_versions(session, ctx)); });
+    }
+
+    KeyInfo create_key(std::string_view key_id) override
+    {
+        const Context ctx = checked_context(key_id);
+        const std::lock_guard lock(lifecycle_mutex_);
+        return with_rw_session(ctx, [&](const Session& session) {
+            VersionObjects versions = scan_versions(session, ctx);
+            if (!versions.empty()) {
+                std::vector<std::uint32_t> numbers;
+                for (const auto& v : versions) {
+                    numbers.push_back(v.first);
+                }
+                throw Error(Errc::conflict,
+                            where(ctx) + ": key '" + ctx.key_id + "' exists on token '" + ctx.token + "' (" +
+                                p11_versions_text(numbers) + ")",
+                            "choose another key id, or rotate this key (diskcrypt key rotate " + ctx.provider + ":" +
+                                ctx.key_id + ")");
+            }
+            versions[1].push_back(generate(session, ctx, 1));
+            return info_of(session, ctx.key_id, versions);
+        });
+    }
+
+    KeyInfo rotate_key(std::string_view key_id) override
+    {
+        const Context ctx = checked_context(key_id);
+        const std::lock_guard lock(lifecycle_mutex_);
+        return with_rw_session(ctx, [&](const Session& session) {
+            VersionObjects versions = find_versions(session, ctx);
+            const bool usable = std::any_of(versions.begin(), versions.end(), [&](const auto& v) {
+                const UseFlags flags = read_flags(session, v.second.front());
+                return flags.encrypt || flags.decrypt;
+            });
+            if (!usable) {
+                throw Error(
+                    Errc::kms_key,
+                    where(ctx) + ": key '" + ctx.key_id + "' on token '" + ctx.token + "' is disabled; enable it first",
+                    "enable it (diskcrypt key enable " + ctx.provider + ":" + ctx.key_id + "), then rotate it");
+            }
+            const std::uint32_t next = versions.rbegin()->first + 1;
+            if (next > kMaxKeyVersion) {
+                throw Error(Errc::not_supported,
+                            where(ctx) + ": key '" + ctx.key_id + "' has reached the highest version, " +
+                                std::to_string(kMaxKeyVersion),
+                            "create a new key and rewrap the disks under it");
+            }
+            versions[next].push_back(generate(session, ctx, next));
+            return info_of(session, ctx.key_id, versions);
+        });
+    }
+
+    KeyInfo disable_key(std::string_view key_id) override { return set_enabled(key_id, false); }
+    KeyInfo enable_key(std::string_view key_id) override { return set_enabled(key_id, true); }
+
+    // Newest version first: a destroy that stops part way leaves versions
+    // 1..k, with no gap.
+    void destroy_key(std::string_view key_id) override
+    {
+        const Context ctx = checked_context(key_id);
+        const std::lock_guard lock(lifecycle_mutex_);
+        with_rw_session(ctx, [&](Session& session) {
+            const VersionObjects versions = find_versions(session, ctx);
+            std::vector<std::uint32_t> destroyed;
+            for (auto it = versions.rbegin(); it != versions.rend(); ++it) {
+                const CK_RV rv = session.functions()->C_DestroyObject(session.get(), it->second.front());
+                if (rv == CKR_OK) {
+                    destroyed.push_back(it->first);
+                    continue;
+                }
+                if (handle_gone(rv)) {
+                    session.forget();
+                }
+                if (destroyed.empty()) {
+                    // Nothing happened yet: the failure as it is (a dropped
+                    // session is retried).
+                    throw CkFailure{rv, Call::destroy_object};
+                }
+                std::vector<std::uint32_t> remaining;
+                for (auto left = it; left != versions.rend(); ++left) {
+                    remaining.push_back(left->first);
+                }
+                std::sort(destroyed.begin(), destroyed.end());
+                std::sort(remaining.begin(), remaining.end());
+                const Error cause = map_ck_rv(rv, Call::destroy_object, ctx);
+                throw Error(cause.code(),
+                            std::string(cause.what()) + "; destroying key '" + ctx.key_id + "' stopped at version " +
+                                std::to_string(it->first) + ": " + p11_versions_text(destroyed) +
+                                (destroyed.size() == 1 ? " was" : " were") + " destroyed, " +
+                                p11_versions_text(remaining) + (remaining.size() == 1 ? " remains" : " remain"),
+                            cause.hint() + "; then destroy the key again");
+            }
+        });
+    }
+
+    // One session; each version looked up by its CKA_ID. A version without
+    // an object is "destroyed"; every PKCS#11 failure throws.
+    VersionStates version_states(std::string_view key_id, const std::vector<std::string>& versions) override
+    {
+        const Context ctx = checked_context(key_id);
+        std::vector<std::pair<std::string, std::uint32_t>> asked;
+        asked.reserve(versions.size());
+        for (const std::string& v : versions) {
+            asked.emplace_back(v, require_version(ctx, v));
+        }
+        if (asked.empty()) {
+            return {};
+        }
+        return with_session(ctx, [&](const Session& session) {
+            VersionStates out;
+            for (const auto& [text, n] : asked) {
+                const std::optional<CK_OBJECT_HANDLE> handle = find_object(session, ctx, n);
+                out[text] = handle ? p11_state_name(read_flags(session, *handle)) : std::string(kStateDestroyed);
+            }
+            return out;
+        });
     }
 
 private:
@@ -432,13 +760,39 @@ private:
         return Context{name_, settings_.module, settings_.token_label, std::string(key_id)};
     }
 
-    static void require_version(const Context& ctx, std::string_view version)
+    // The key id checked first: one with a '#' would name another key's
+    // version.
+    [[nodiscard]] Context checked_context(std::string_view key_id) const
     {
-        if (version != kKeyVersion) {
-            throw Error(Errc::kms_key, where(ctx) + ": key '" + ctx.key_id + "' has no version '" +
-                                           std::string(version) + "' (PKCS#11 keys have only version " +
-                                           std::string(kKeyVersion) + ")");
+        validate_key_id(key_id);
+        return context(key_id);
+    }
+
+    // A header's version string as a number (agent/README.md, "PKCS#11").
+    static std::uint32_t require_version(const Context& ctx, std::string_view version)
+    {
+        const std::optional<std::uint32_t> n = parse_key_version(version);
+        if (!n) {
+            throw Error(Errc::kms_key,
+                        where(ctx) + ": key '" + ctx.key_id + "' has no version '" + printable(version, 64) +
+                            "' (unknown key version: PKCS#11 key versions are 1, 2, 3, ... up to " +
+                            std::to_string(kMaxKeyVersion) + ", without leading zeros)",
+                        "check that the header names the right provider and key");
         }
+        return *n;
+    }
+
+    static std::string algorithm_name(const KeyAttributes& a)
+    {
+        return a.key_type == CKK_AES ? "AES-" + std::to_string(a.value_len * 8) : "not AES";
+    }
+
+    static Error disabled_error(const Context& ctx, std::uint32_t version)
+    {
+        return {Errc::kms_key,
+                where(ctx) + ": key '" + ctx.key_id + "' (version " + std::to_string(version) + ") on token '" +
+                    ctx.token + "' is disabled (CKA_ENCRYPT and CKA_DECRYPT are false)",
+                "enable it (diskcrypt key enable " + ctx.provider + ":" + ctx.key_id + ") or use another key"};
     }
 
     static CK_GCM_PARAMS gcm_params(std::uint8_t* iv, std::span<const std::uint8_t> ad)
@@ -453,19 +807,45 @@ private:
         return p;
     }
 
-    // Runs `op` on a pooled session. A session that failed a PKCS#11 call,
-    // or that still has an encryption or decryption operation active, is not
-    // given back. When the token dropped the session, the pool is reset
-    // (other sessions of the token are likely gone too) and `op` runs once
-    // more on a new session; a second failure is reported.
+    // Runs `op` on a pooled (read-only) session. A session that failed a
+    // PKCS#11 call, or that still has an encryption or decryption operation
+    // active, is not given back. When the token dropped the session, the pool
+    // is reset (other sessions of the token are likely gone too) and `op`
+    // runs once more on a new session; a second failure is reported.
     template <class Op>
     auto with_session(const Context& ctx, Op&& op) -> decltype(op(std::declval<Session&>()))
+    {
+        return run(ctx, false, std::forward<Op>(op));
+    }
+
+    // Runs `op` on a read-write session of its own, closed afterwards (key
+    // changes; the pooled sessions stay read-only). Only a failure to open
+    // or log in the session is retried: `op` changes the token.
+    template <class Op>
+    auto with_rw_session(const Context& ctx, Op&& op) -> decltype(op(std::declval<Session&>()))
+    {
+        return run(ctx, true, std::forward<Op>(op));
+    }
+
+    template <class Op>
+    auto run(const Context& ctx, bool read_write, Op&& op) -> decltype(op(std::declval<Session&>()))
     {
         const Clock::time_point deadline = Clock::now() + std::chrono::seconds(settings_.request_timeout);
         for (int attempt = 1;; ++attempt) {
             try {
+                if (read_write) {
+                    const std::unique_ptr<Session> session = make_session(ctx, true);
+                    try {
+                        return op(*session);
+                    } catch (const CkFailure& f) {
+                        if (handle_gone(f.rv)) {
+                            session->forget();
+                        }
+                        throw;
+                    }
+                }
                 std::optional<SessionPool::Lease> lease =
-                    pool_.take(deadline, [this, &ctx] { return make_session(ctx); });
+                    pool_.take(deadline, [this, &ctx] { return make_session(ctx, false); });
                 if (!lease) {
                     throw Error(Errc::kms_unavailable,
                                 where(ctx) + ": no PKCS#11 session of token '" + ctx.token + "' came free within " +
@@ -490,7 +870,8 @@ private:
                     throw;
                 }
             } catch (const CkFailure& f) {
-                if (attempt == 1 && session_gone(f.rv)) {
+                const bool before_op = f.call == Call::open_session || f.call == Call::login;
+                if (attempt == 1 && session_gone(f.rv) && (!read_write || before_op)) {
                     log_info(where(ctx) + ": token '" + ctx.token + "' dropped the PKCS#11 session (" + ckr_name(f.rv) +
                              "); opening a new one and retrying");
                     counters().retries.fetch_add(1);
@@ -597,15 +978,17 @@ private:
         return read_credential_file(*settings_.pin_file, "PIN file", kMaxPin);
     }
 
-    // A new session of the pool, logged in. Logins are per token and
-    // application: a session opened while another one is logged in is in a
-    // user state already and needs neither the PIN nor C_Login.
-    std::unique_ptr<Session> make_session(const Context& ctx)
+    // A new session, logged in (read-only for the pool, read-write for key
+    // changes). Logins are per token and application: a session opened while
+    // another one is logged in is in a user state already and needs neither
+    // the PIN nor C_Login.
+    std::unique_ptr<Session> make_session(const Context& ctx, bool read_write)
     {
         CK_FUNCTION_LIST* f = functions(ctx);
         const CK_SLOT_ID slot_id = slot(f, ctx);
         CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-        CK_RV rv = f->C_OpenSession(slot_id, CKF_SERIAL_SESSION, nullptr, nullptr, &h);
+        const CK_FLAGS flags = CKF_SERIAL_SESSION | (read_write ? CKF_RW_SESSION : 0);
+        CK_RV rv = f->C_OpenSession(slot_id, flags, nullptr, nullptr, &h);
         if (rv != CKR_OK) {
             throw CkFailure{rv, Call::open_session};
         }
@@ -659,15 +1042,15 @@ private:
         return {rv, call};
     }
 
-    WrappedSecret wrap_in(Session& session, const Context& ctx, std::span<const std::uint8_t> secret,
-                          std::span<const std::uint8_t> ad) const
+    WrappedSecret wrap_in(Session& session, const Context& ctx, std::uint32_t version,
+                          std::span<const std::uint8_t> secret, std::span<const std::uint8_t> ad) const
     {
-        const KeyAttributes a = find_key(session, ctx);
-        require_usable(a, ctx, true);
+        const KeyAttributes a = find_key(session, ctx, version);
+        require_usable(a, ctx, version, true);
         if ((a.extractable || !a.sensitive) && !settings_.allow_extractable) {
             throw Error(Errc::kms_key,
-                        where(ctx) + ": key '" + ctx.key_id + "' on token '" + ctx.token +
-                            "' can leave the HSM (CKA_EXTRACTABLE true or CKA_SENSITIVE false); refusing to wrap "
+                        where(ctx) + ": " + p11_key_text(ctx, version) +
+                            " can leave the HSM (CKA_EXTRACTABLE true or CKA_SENSITIVE false); refusing to wrap "
                             "disk secrets under it",
                         "create the key with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, or set "
                         "allow_extractable_keys = true for this provider");
@@ -712,11 +1095,11 @@ private:
         return out;
     }
 
-    static SecureBuffer unwrap_in(Session& session, const Context& ctx, const WrappedSecret& wrapped,
-                                  std::span<const std::uint8_t> ad)
+    static SecureBuffer unwrap_in(Session& session, const Context& ctx, std::uint32_t version,
+                                  const WrappedSecret& wrapped, std::span<const std::uint8_t> ad)
     {
-        const KeyAttributes a = find_key(session, ctx);
-        require_usable(a, ctx, false);
+        const KeyAttributes a = find_key(session, ctx, version);
+        require_usable(a, ctx, version, false);
 
         std::vector<std::uint8_t> iv = wrapped.iv;
         CK_GCM_PARAMS params = gcm_params(iv.data(), ad);
@@ -747,11 +1130,15 @@ private:
         return out;
     }
 
-    static KeyAttributes find_key(const Session& session, const Context& ctx)
+    // The object of one version, found by its CKA_ID; nullopt when there is
+    // none (and the session is still logged in: a session that lost its
+    // login sees no private keys).
+    static std::optional<CK_OBJECT_HANDLE> find_object(const Session& session, const Context& ctx,
+                                                       std::uint32_t version)
     {
         CK_FUNCTION_LIST* f = session.functions();
         CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-        std::vector<std::uint8_t> id(ctx.key_id.begin(), ctx.key_id.end());
+        std::string id = object_id(ctx.key_id, version);
         std::array<CK_ATTRIBUTE, 2> tmpl{{
             {CKA_CLASS, &cls, sizeof(cls)},
             {CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())},
@@ -770,44 +1157,75 @@ private:
             }
         }
         if (count == 0) {
-            // A session that lost its login sees no private keys.
             const CK_RV status = session_status(session);
             if (status != CKR_OK) {
                 throw CkFailure{status, Call::find_key};
             }
-        }
-        const std::string what = "secret key with CKA_ID '" + ctx.key_id + "' (hex " + hex_encode(id) + ")";
-        if (count == 0) {
-            throw Error(Errc::kms_key, where(ctx) + ": no " + what + " on token '" + ctx.token + "'",
-                        "create the key on the HSM, or check the key id");
+            return std::nullopt;
         }
         if (count > 1) {
-            throw Error(
-                Errc::kms_key,
-                where(ctx) + ": more than one " + what + " on token '" + ctx.token + "'; diskcrypt needs exactly one",
-                "delete the duplicates or give them other CKA_IDs");
+            throw duplicate_error(ctx, id);
         }
+        return found[0];
+    }
+
+    static Error duplicate_error(const Context& ctx, std::string_view cka_id)
+    {
+        return {Errc::kms_key,
+                where(ctx) + ": more than one secret key with " + p11_cka_id_text(cka_id) + " on token '" + ctx.token +
+                    "'; diskcrypt needs exactly one",
+                "delete the duplicates or give them other CKA_IDs"};
+    }
+
+    // No object for the version.
+    static Error missing_error(const Context& ctx, std::uint32_t version)
+    {
+        const std::string id = object_id(ctx.key_id, version);
+        if (version == 1) {
+            return {Errc::kms_key,
+                    where(ctx) + ": no secret key with " + p11_cka_id_text(id) + " on token '" + ctx.token + "'",
+                    "create the key (diskcrypt key create " + ctx.provider + ":" + ctx.key_id +
+                        ") or on the HSM, or check the key id"};
+        }
+        return {Errc::kms_key,
+                where(ctx) + ": key '" + ctx.key_id + "' has no version " + std::to_string(version) + " on token '" +
+                    ctx.token + "' (no secret key with " + p11_cka_id_text(id) + ")",
+                "the version was destroyed, or the header names a key of another token"};
+    }
+
+    // One version's object and its attributes.
+    static KeyAttributes find_key(const Session& session, const Context& ctx, std::uint32_t version)
+    {
+        const std::optional<CK_OBJECT_HANDLE> handle = find_object(session, ctx, version);
+        if (!handle) {
+            throw missing_error(ctx, version);
+        }
+        return read_attributes(session, *handle);
+    }
+
+    // What describe and wrap need. CKA_ENCRYPT and CKA_DECRYPT must be read
+    // (a failure throws: it must not read as a disabled key); the others one
+    // at a time, so an attribute a module does not know keeps its
+    // conservative default instead of failing the whole call.
+    static KeyAttributes read_attributes(const Session& session, CK_OBJECT_HANDLE handle)
+    {
+        CK_FUNCTION_LIST* f = session.functions();
         KeyAttributes a;
-        a.handle = found[0];
-        CK_BBOOL enc = CK_FALSE;
-        CK_BBOOL dec = CK_FALSE;
+        a.handle = handle;
+        const UseFlags use = read_flags(session, handle);
+        a.encrypt = use.encrypt;
+        a.decrypt = use.decrypt;
         CK_BBOOL ext = CK_TRUE;
         CK_BBOOL sens = CK_FALSE;
-        std::array<CK_ATTRIBUTE, 6> attrs{{
+        std::array<CK_ATTRIBUTE, 4> attrs{{
             {CKA_KEY_TYPE, &a.key_type, sizeof(a.key_type)},
             {CKA_VALUE_LEN, &a.value_len, sizeof(a.value_len)},
-            {CKA_ENCRYPT, &enc, sizeof(enc)},
-            {CKA_DECRYPT, &dec, sizeof(dec)},
             {CKA_EXTRACTABLE, &ext, sizeof(ext)},
             {CKA_SENSITIVE, &sens, sizeof(sens)},
         }};
-        // One attribute at a time, so an attribute a module does not know
-        // keeps its conservative default instead of failing the whole call.
         for (auto& attr : attrs) {
             (void)f->C_GetAttributeValue(session.get(), a.handle, &attr, 1);
         }
-        a.encrypt = enc == CK_TRUE;
-        a.decrypt = dec == CK_TRUE;
         a.extractable = ext == CK_TRUE;
         a.sensitive = sens == CK_TRUE;
         CK_ATTRIBUTE label{CKA_LABEL, nullptr, 0};
@@ -822,9 +1240,297 @@ private:
         return a;
     }
 
-    static void require_usable(const KeyAttributes& a, const Context& ctx, bool encrypting)
+    // CKA_ENCRYPT and CKA_DECRYPT; any failure throws.
+    static UseFlags read_flags(const Session& session, CK_OBJECT_HANDLE handle)
     {
-        const std::string key = "key '" + ctx.key_id + "' on token '" + ctx.token + "'";
+        CK_BBOOL enc = CK_FALSE;
+        CK_BBOOL dec = CK_FALSE;
+        std::array<CK_ATTRIBUTE, 2> attrs{{
+            {CKA_ENCRYPT, &enc, sizeof(enc)},
+            {CKA_DECRYPT, &dec, sizeof(dec)},
+        }};
+        const CK_RV rv = session.functions()->C_GetAttributeValue(session.get(), handle, attrs.data(),
+                                                                  static_cast<CK_ULONG>(attrs.size()));
+        if (rv != CKR_OK) {
+            throw CkFailure{rv, Call::attributes};
+        }
+        return {enc == CK_TRUE, dec == CK_TRUE};
+    }
+
+    static CK_RV set_flags(const Session& session, CK_OBJECT_HANDLE handle, UseFlags flags)
+    {
+        CK_BBOOL enc = flags.encrypt ? CK_TRUE : CK_FALSE;
+        CK_BBOOL dec = flags.decrypt ? CK_TRUE : CK_FALSE;
+        std::array<CK_ATTRIBUTE, 2> attrs{{
+            {CKA_ENCRYPT, &enc, sizeof(enc)},
+            {CKA_DECRYPT, &dec, sizeof(dec)},
+        }};
+        return session.functions()->C_SetAttributeValue(session.get(), handle, attrs.data(),
+                                                        static_cast<CK_ULONG>(attrs.size()));
+    }
+
+    // Every secret key whose CKA_ID fits the naming scheme: one search over
+    // CKO_SECRET_KEY (at most kMaxScannedKeys objects), then each object's
+    // CKA_ID. Objects with another CKA_ID, or none, are skipped.
+    static std::vector<ScannedKey> scan_secret_keys(const Session& session, const Context& ctx)
+    {
+        CK_FUNCTION_LIST* f = session.functions();
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_ATTRIBUTE tmpl{CKA_CLASS, &cls, sizeof(cls)};
+        std::vector<CK_OBJECT_HANDLE> handles;
+        {
+            CK_RV rv = f->C_FindObjectsInit(session.get(), &tmpl, 1);
+            if (rv != CKR_OK) {
+                throw CkFailure{rv, Call::find_key};
+            }
+            const FindOperation op(session);
+            std::array<CK_OBJECT_HANDLE, 256> batch{};
+            for (;;) {
+                CK_ULONG count = 0;
+                rv = f->C_FindObjects(session.get(), batch.data(), static_cast<CK_ULONG>(batch.size()), &count);
+                if (rv != CKR_OK) {
+                    throw CkFailure{rv, Call::find_key};
+                }
+                if (count == 0 || count > batch.size()) {
+                    break;
+                }
+                handles.insert(handles.end(), batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(count));
+                if (handles.size() > kMaxScannedKeys) {
+                    throw Error(Errc::not_supported,
+                                where(ctx) + ": token '" + ctx.token + "' holds more than " +
+                                    std::to_string(kMaxScannedKeys) +
+                                    " secret keys; diskcrypt looks through at most that many to find key versions",
+                                "delete unused secret keys, or give diskcrypt a token of its own");
+                }
+            }
+        }
+        // A session that lost its login sees no private keys: an empty or
+        // short answer must not pass for the token's contents.
+        const CK_RV status = session_status(session);
+        if (status != CKR_OK) {
+            throw CkFailure{status, Call::find_key};
+        }
+        std::vector<ScannedKey> out;
+        // The longest CKA_ID of the scheme: 128 bytes of key id, '#' and 6 digits.
+        std::array<char, 160> buf{};
+        for (const CK_OBJECT_HANDLE h : handles) {
+            CK_ATTRIBUTE id{CKA_ID, buf.data(), static_cast<CK_ULONG>(buf.size())};
+            const CK_RV rv = f->C_GetAttributeValue(session.get(), h, &id, 1);
+            if (rv == CKR_BUFFER_TOO_SMALL || rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID ||
+                rv == CKR_OBJECT_HANDLE_INVALID) {
+                continue;  // longer than any of ours, no CKA_ID, or destroyed since the search
+            }
+            if (rv != CKR_OK) {
+                throw CkFailure{rv, Call::attributes};
+            }
+            if (id.ulValueLen > buf.size()) {
+                continue;
+            }
+            if (std::optional<KeyObjectId> parsed = parse_object_id({buf.data(), id.ulValueLen})) {
+                out.push_back({h, std::move(*parsed)});
+            }
+        }
+        return out;
+    }
+
+    // The versions of ctx.key_id on the token (none: empty).
+    static VersionObjects scan_versions(const Session& session, const Context& ctx)
+    {
+        VersionObjects versions;
+        for (const ScannedKey& k : scan_secret_keys(session, ctx)) {
+            if (k.id.key_id == ctx.key_id) {
+                versions[k.id.version].push_back(k.handle);
+            }
+        }
+        return versions;
+    }
+
+    // The versions of an existing key, each exactly one object.
+    static VersionObjects find_versions(const Session& session, const Context& ctx)
+    {
+        VersionObjects versions = scan_versions(session, ctx);
+        if (versions.empty()) {
+            const Error e = missing_error(ctx, 1);
+            throw Error(e.code(),
+                        std::string(e.what()) + ", nor any later version of key '" + ctx.key_id + "' (CKA_ID '" +
+                            ctx.key_id + "#N')",
+                        e.hint());
+        }
+        for (const auto& [version, handles] : versions) {
+            if (handles.size() > 1) {
+                throw duplicate_error(ctx, object_id(ctx.key_id, version));
+            }
+        }
+        return versions;
+    }
+
+    // A key's versions as key_info and list_keys report them: oldest first,
+    // the highest one primary; the algorithm is the primary's.
+    static KeyInfo info_of(const Session& session, const std::string& key_id, const VersionObjects& versions)
+    {
+        KeyInfo info;
+        info.key_id = key_id;
+        for (const auto& [version, handles] : versions) {
+            KeyVersion v;
+            v.version = std::to_string(version);
+            v.state = handles.size() == 1 ? p11_state_name(read_flags(session, handles.front()))
+                                          : std::string(kStateAmbiguous);
+            info.versions.push_back(std::move(v));
+        }
+        if (!info.versions.empty()) {
+            info.versions.back().primary = true;
+            info.algorithm = algorithm_name(read_attributes(session, versions.rbegin()->second.front()));
+        }
+        return info;
+    }
+
+    // Generates a version: AES-256, a private token object, sensitive and
+    // not extractable, for encrypt and decrypt only, modifiable (so it can
+    // be disabled).
+    static CK_OBJECT_HANDLE generate(const Session& session, const Context& ctx, std::uint32_t version)
+    {
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE type = CKK_AES;
+        CK_ULONG len = kKeyBytes;
+        CK_BBOOL yes = CK_TRUE;
+        CK_BBOOL no = CK_FALSE;
+        std::string id = object_id(ctx.key_id, version);
+        std::string label = "diskcrypt " + ctx.key_id + " v" + std::to_string(version);
+        std::array<CK_ATTRIBUTE, 14> tmpl{{
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_KEY_TYPE, &type, sizeof(type)},
+            {CKA_VALUE_LEN, &len, sizeof(len)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &yes, sizeof(yes)},
+            {CKA_SENSITIVE, &yes, sizeof(yes)},
+            {CKA_EXTRACTABLE, &no, sizeof(no)},
+            {CKA_ENCRYPT, &yes, sizeof(yes)},
+            {CKA_DECRYPT, &yes, sizeof(yes)},
+            {CKA_WRAP, &no, sizeof(no)},
+            {CKA_UNWRAP, &no, sizeof(no)},
+            {CKA_MODIFIABLE, &yes, sizeof(yes)},
+            {CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())},
+            {CKA_LABEL, label.data(), static_cast<CK_ULONG>(label.size())},
+        }};
+        CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+        const CK_RV rv = session.functions()->C_GenerateKey(session.get(), &mech, tmpl.data(),
+                                                            static_cast<CK_ULONG>(tmpl.size()), &key);
+        if (rv != CKR_OK) {
+            throw CkFailure{rv, Call::generate_key};
+        }
+        return key;
+    }
+
+    // A version whose flags were changed, and what they were.
+    struct Changed {
+        std::uint32_t version;
+        CK_OBJECT_HANDLE handle;
+        UseFlags before;
+    };
+
+    // Sets CKA_ENCRYPT and CKA_DECRYPT of every version to `enable`, all or
+    // nothing: when a version fails, those already changed are set back.
+    KeyInfo set_enabled(std::string_view key_id, bool enable)
+    {
+        const Context ctx = checked_context(key_id);
+        const std::lock_guard lock(lifecycle_mutex_);
+        return with_rw_session(ctx, [&](Session& session) {
+            const VersionObjects versions = find_versions(session, ctx);
+            const UseFlags target{enable, enable};
+            std::vector<Changed> changed;
+            std::uint32_t at = 0;
+            try {
+                for (const auto& [version, handles] : versions) {
+                    at = version;
+                    const UseFlags before = read_flags(session, handles.front());
+                    if (before == target) {
+                        continue;
+                    }
+                    const CK_RV rv = set_flags(session, handles.front(), target);
+                    if (rv != CKR_OK) {
+                        throw CkFailure{rv, Call::set_attributes};
+                    }
+                    changed.push_back({version, handles.front(), before});
+                }
+            } catch (const CkFailure& f) {
+                throw change_failed(session, ctx, enable, versions, at, f, changed);
+            }
+            return info_of(session, ctx.key_id, versions);
+        });
+    }
+
+    // Version `at` failed after `changed` were set: sets those back (on a
+    // new session if the token dropped this one) and says what the token
+    // holds now.
+    Error change_failed(Session& session, const Context& ctx, bool enable, const VersionObjects& versions,
+                        std::uint32_t at, const CkFailure& failure, const std::vector<Changed>& changed)
+    {
+        std::unique_ptr<Session> fresh;
+        const Session* restore_on = &session;
+        if (handle_gone(failure.rv)) {
+            session.forget();
+            try {
+                fresh = make_session(ctx, true);
+                restore_on = fresh.get();
+            } catch (const CkFailure&) {
+                restore_on = nullptr;
+            } catch (const Error&) {
+                restore_on = nullptr;
+            }
+        }
+        std::vector<std::uint32_t> restored;
+        std::vector<std::uint32_t> stuck;
+        CK_RV restore_rv = failure.rv;
+        for (const Changed& c : changed) {
+            const CK_RV rv = restore_on != nullptr ? set_flags(*restore_on, c.handle, c.before) : failure.rv;
+            if (rv == CKR_OK) {
+                restored.push_back(c.version);
+            } else {
+                stuck.push_back(c.version);
+                restore_rv = rv;
+            }
+        }
+        std::vector<std::uint32_t> untouched;
+        for (const auto& v : versions) {
+            if (v.first >= at) {
+                untouched.push_back(v.first);
+            }
+        }
+        const std::string done = enable ? "enabled" : "disabled";
+        const Error cause = map_ck_rv(failure.rv, failure.call, ctx);
+        std::string message = std::string(cause.what()) + "; " + (enable ? "enabling" : "disabling") + " key '" +
+                              ctx.key_id + "' stopped at version " + std::to_string(at) + ": ";
+        if (changed.empty()) {
+            message += "no version changed";
+        } else if (stuck.empty()) {
+            message += p11_versions_text(restored) + " had been " + done + " and " +
+                       (restored.size() == 1 ? "was" : "were") + " set back, so no version changed";
+        } else {
+            message += p11_versions_text(stuck) + (stuck.size() == 1 ? " is " : " are ") + done +
+                       " now and could not be set back (" + ckr_name(restore_rv) + ")";
+            if (!restored.empty()) {
+                message += ", " + p11_versions_text(restored) + (restored.size() == 1 ? " was" : " were") + " set back";
+            }
+            message +=
+                ", " + p11_versions_text(untouched) + (untouched.size() == 1 ? " was" : " were") + " not changed";
+        }
+        return {cause.code(), message, cause.hint() + "; then run the command again"};
+    }
+
+    // "key 'K' on token 'T'", "key 'K' (version 2) on token 'T'".
+    static std::string p11_key_text(const Context& ctx, std::uint32_t version)
+    {
+        return "key '" + ctx.key_id + "'" + (version == 1 ? "" : " (version " + std::to_string(version) + ")") +
+               " on token '" + ctx.token + "'";
+    }
+
+    static void require_usable(const KeyAttributes& a, const Context& ctx, std::uint32_t version, bool encrypting)
+    {
+        if (!a.encrypt && !a.decrypt) {
+            throw disabled_error(ctx, version);
+        }
+        const std::string key = p11_key_text(ctx, version);
         if (a.key_type != CKK_AES || a.value_len != kKeyBytes) {
             throw Error(Errc::kms_key, where(ctx) + ": " + key + " is not an AES-256 key",
                         "diskcrypt wraps with AES-256-GCM: use a 32-byte CKK_AES key");
@@ -846,6 +1552,10 @@ private:
     std::mutex slot_mutex_;  // guards slot_ and slot_epoch_
     std::optional<CK_SLOT_ID> slot_;
     std::uint64_t slot_epoch_ = 0;  // advanced by reset()
+    // Key changes of this provider run one at a time (two rotations at once
+    // would both make version max+1). Held across their PKCS#11 calls; wrap
+    // and unwrap never take it.
+    std::mutex lifecycle_mutex_;
     // Declared after module_: the sessions are closed before the module goes.
     SessionPool pool_;
 };

@@ -22,15 +22,24 @@
 // CKR_USER_NOT_LOGGED_IN, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT), the pool
 // is reset, the slot looked up again and the operation retried once.
 //
-// Keys are found by CKA_ID = the bytes of the key id (exactly one secret key
-// must match), must be AES-256 with CKA_ENCRYPT and CKA_DECRYPT, and are used
-// with CKM_AES_GCM (12-byte IV, 128-bit tag, the binding AD) via
-// C_Encrypt/C_Decrypt. PKCS#11 has no key versions: every key reports "1".
+// Keys are secret key objects found by CKA_ID (exactly one must match), must
+// be AES-256 with CKA_ENCRYPT and CKA_DECRYPT, and are used with CKM_AES_GCM
+// (12-byte IV, 128-bit tag, the binding AD) via C_Encrypt/C_Decrypt.
+//
+// Key versions (agent/README.md, "PKCS#11"): version 1 of KEY_ID is the object
+// with CKA_ID = KEY_ID (what keys made before versions were), version N >= 2
+// the object with CKA_ID = KEY_ID#N (key ids never contain '#'). The primary
+// version is the highest present. A key is disabled by setting CKA_ENCRYPT and
+// CKA_DECRYPT false on every version, which the HSM enforces. Creating,
+// rotating, disabling, enabling and destroying use a read-write session of
+// their own; wrap and unwrap use the pooled read-only sessions.
 #pragma once
 
 #include <p11-kit/pkcs11.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -39,7 +48,12 @@
 namespace diskcrypt::kms::pkcs11 {
 
 inline constexpr std::string_view kType = "pkcs11";
-inline constexpr std::string_view kKeyVersion = "1";
+
+// The highest key version (versions are canonical decimals, 1..999999).
+inline constexpr std::uint32_t kMaxKeyVersion = 999999;
+// Finding a key's versions (describe, key_info, create, rotate, ...) and
+// list_keys scan the token's secret keys: at most this many.
+inline constexpr std::size_t kMaxScannedKeys = 10000;
 
 // The PKCS#11 calls whose failures are mapped.
 enum class Call {
@@ -53,6 +67,9 @@ enum class Call {
     attributes,
     encrypt,
     decrypt,
+    generate_key,    // C_GenerateKey (create, rotate)
+    set_attributes,  // C_SetAttributeValue (disable, enable)
+    destroy_object,  // C_DestroyObject (destroy)
 };
 
 // What a failure concerns, for the message.
@@ -70,6 +87,26 @@ std::string ckr_name(CK_RV rv);
 // for the ambiguous CKR_GENERAL_ERROR / CKR_FUNCTION_FAILED, on the call
 // (in C_Decrypt they mean a failed GCM tag: Errc::binding).
 Error map_ck_rv(CK_RV rv, Call call, const Context& ctx);
+
+// A key version as a PKCS#11 object (the naming scheme above).
+struct KeyObjectId {
+    std::string key_id;
+    std::uint32_t version = 1;
+
+    friend bool operator==(const KeyObjectId&, const KeyObjectId&) = default;
+};
+
+// The CKA_ID of a version: "KEY_ID" for 1, "KEY_ID#N" for N >= 2.
+std::string object_id(std::string_view key_id, std::uint32_t version);
+
+// A version string as headers carry it: a canonical decimal from 1 to
+// kMaxKeyVersion (no sign, no leading zero), else nullopt.
+std::optional<std::uint32_t> parse_key_version(std::string_view version);
+
+// The key id and version a CKA_ID names, or nullopt for a CKA_ID outside the
+// scheme: not a valid key id (validate_key_id), or a suffix that is not '#'
+// and a canonical version from 2 up ("k#1", "k#01", "k#0", "k#", "k#2#3").
+std::optional<KeyObjectId> parse_object_id(std::string_view cka_id);
 
 // Counters over every PKCS#11 provider of the process, for tests and
 // diagnostics (the Provider interface does not show sessions).

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -54,6 +55,29 @@ struct KeyDescription {
     std::string label;        // informational (PKCS#11 CKA_LABEL)
 };
 
+// One version of a key, as the KMS reports it (key lifecycle, issue 15).
+struct KeyVersion {
+    std::string version;  // as written into disk headers
+    // "active" (usable), "disabled" (PKCS#11: CKA_ENCRYPT and CKA_DECRYPT
+    // false), "encrypt-only"/"decrypt-only" (PKCS#11, set by other tools), or
+    // KMIP's "pre-active", "deactivated", "compromised", "destroyed".
+    std::string state;
+    bool primary = false;      // the version new wraps use
+    std::int64_t created = 0;  // seconds since the epoch; 0 when the KMS does not say
+};
+
+// A key with all its versions (oldest first); the KMS holds all of it, the
+// agent keeps none.
+struct KeyInfo {
+    std::string key_id;
+    std::string algorithm;  // "AES-256", or what the KMS says when it is not
+    std::vector<KeyVersion> versions;
+};
+
+// A version's state for the revocation check: "active", or why it is not
+// (the KMS's state, "destroyed" for a version the KMS no longer has).
+using VersionStates = std::map<std::string, std::string, std::less<>>;
+
 class Provider {
 public:
     Provider() = default;
@@ -79,6 +103,30 @@ public:
     // (wrong disk, wrong key, tampering) is Error(binding).
     virtual SecureBuffer unwrap(std::string_view key_id, std::string_view version, const WrappedSecret& wrapped,
                                 std::span<const std::uint8_t> ad) = 0;
+
+    // Key lifecycle. The KMS holds all key state; versions are KMS objects
+    // found by the provider's documented naming scheme. A provider that cannot
+    // do something throws Error(not_supported) saying so (the defaults here).
+    //
+    // Every key the agent's identity can see, with its versions.
+    virtual std::vector<KeyInfo> list_keys();
+    // One key with its versions; Error(kms_key) when there is none.
+    virtual KeyInfo key_info(std::string_view key_id);
+    // A new AES-256 key (version 1, active, not extractable where the KMS can
+    // say so); Error(conflict) when the key id exists.
+    virtual KeyInfo create_key(std::string_view key_id);
+    // A new version that becomes the primary; older versions keep unwrapping.
+    virtual KeyInfo rotate_key(std::string_view key_id);
+    // Every version stops (disable) or resumes (enable) wrapping and unwrapping.
+    virtual KeyInfo disable_key(std::string_view key_id);
+    virtual KeyInfo enable_key(std::string_view key_id);
+    // Every version, irreversibly.
+    virtual void destroy_key(std::string_view key_id);
+    // The state of each of `versions` now, with one KMS request per key where
+    // the protocol allows (the revocation check). Throws (kms_unavailable,
+    // kms_auth, ...) when the KMS cannot say: the caller must never read a
+    // failure as a revocation.
+    virtual VersionStates version_states(std::string_view key_id, const std::vector<std::string>& versions);
 };
 
 // Creates a provider named `name` from its configuration section. The section

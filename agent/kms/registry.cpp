@@ -21,7 +21,26 @@ Registry& registry()
     return r;
 }
 
+[[noreturn]] void unsupported(const Provider& p, std::string_view what)
+{
+    throw Error(Errc::not_supported,
+                "provider '" + p.name() + "' (" + std::string(p.type()) + ") cannot " + std::string(what),
+                "use the KMS's own tools for this");
+}
+
 }  // namespace
+
+std::vector<KeyInfo> Provider::list_keys() { unsupported(*this, "list keys"); }
+KeyInfo Provider::key_info(std::string_view /*key_id*/) { unsupported(*this, "describe key versions"); }
+KeyInfo Provider::create_key(std::string_view /*key_id*/) { unsupported(*this, "create keys"); }
+KeyInfo Provider::rotate_key(std::string_view /*key_id*/) { unsupported(*this, "rotate keys"); }
+KeyInfo Provider::disable_key(std::string_view /*key_id*/) { unsupported(*this, "disable keys"); }
+KeyInfo Provider::enable_key(std::string_view /*key_id*/) { unsupported(*this, "enable keys"); }
+void Provider::destroy_key(std::string_view /*key_id*/) { unsupported(*this, "destroy keys"); }
+VersionStates Provider::version_states(std::string_view /*key_id*/, const std::vector<std::string>& /*versions*/)
+{
+    unsupported(*this, "report key version states");
+}
 
 bool register_provider_type(const std::string& type, Factory factory)
 {

@@ -1,4 +1,5 @@
 #include "agent/ops/attach.hpp"
+#include "agent/ops/revocation.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -130,6 +131,16 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
     if (m.status.size() == 1 && d.target == kTargetName) {
         d.counters = parse_status(m.status.front().params, d.key_state);
     }
+    if (d.target == kTargetName && d.suspended && d.key_state == "wiped") {
+        // Only the revocation check leaves a mapping so.
+        const auto r = revoked_disk(disk_id);
+        d.revoked = r ? to_json(*r)
+                      : json{{"key", nullptr},
+                             {"state", "key wiped by a revocation; the next key check (within [revocation] interval) "
+                                       "names the key's state"},
+                             {"since", nullptr},
+                             {"found", true}};
+    }
     if (d.open_count > 0) {
         d.holders = holders_of(m.major, m.minor, m.name);
     }
@@ -228,20 +239,28 @@ void run_in_own_thread(F fn)
 }
 
 // In the calling thread: the DEK as a possessor-only logon key in the thread
-// keyring, the mapping created from `table`, the key invalidated.
-void load_mapping(const std::string& disk_id, const CryptTable& table, const SecureBuffer& dek)
+// keyring; invalidated when the returned handle goes.
+KernelKey add_disk_key(const std::string& description, const SecureBuffer& dek)
 {
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): keyutils
     const key_serial_t serial =
-        add_key("logon", table.key_description.c_str(), dek.data(), dek.size(), KEY_SPEC_THREAD_KEYRING);
+        add_key("logon", description.c_str(), dek.data(), dek.size(), KEY_SPEC_THREAD_KEYRING);
     if (serial < 0) {
         throw Error(Errc::kernel, errno_text("cannot add the disk's key to the kernel keyring", errno),
                     "check the kernel's key quota (/proc/sys/kernel/keys/root_maxbytes)");
     }
-    const KernelKey key(serial);
+    KernelKey key(serial);
     if (keyctl_setperm(serial, KEY_POS_VIEW | KEY_POS_SEARCH) != 0) {
         throw Error(Errc::kernel, errno_text("cannot restrict the permissions of the disk's key", errno));
     }
+    return key;
+}
+
+// In the calling thread: the key added, the mapping created from `table`,
+// the key invalidated.
+void load_mapping(const std::string& disk_id, const CryptTable& table, const SecureBuffer& dek)
+{
+    const KernelKey key = add_disk_key(table.key_description, dek);
     dm::create(mapping_name(disk_id), dm_uuid(disk_id),
                dm::Target{0, table.length, std::string(kTargetName), table.params()});
 }
@@ -255,8 +274,11 @@ CryptTable disk_table(const AgentConfig& cfg, const DiskHeader& header, const Op
     return table;
 }
 
-void map_disk(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev, const std::string& disk_id,
-              CryptTable table, const SecureBuffer& secret)
+namespace {
+
+// The DEK from the keyslot the secret opens, in locked memory.
+SecureBuffer volume_key(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev,
+                        const SecureBuffer& secret)
 {
     SecureBuffer dek(kDekBytes);
     std::size_t dek_size = dek.size();
@@ -268,6 +290,15 @@ void map_disk(crypt_device* cd, const DiskHeader& header, const OpenedDevice& de
                         std::to_string(header.token.keyslot),
                     "the token and the keyslot do not belong together; restore a header backup");
     }
+    return dek;
+}
+
+}  // namespace
+
+void map_disk(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev, const std::string& disk_id,
+              CryptTable table, const SecureBuffer& secret)
+{
+    const SecureBuffer dek = volume_key(cd, header, dev, secret);
     table.key_description = new_key_description(header.luks_uuid);
     // The device the table names is still the one opened and checked.
     recheck_device(dev);
@@ -573,6 +604,7 @@ json to_json(const DiskInfo& d)
     };
     j["key"] =
         d.key ? json{{"provider", d.key->provider}, {"id", d.key->key_id}, {"version", d.key->version}} : json(nullptr);
+    j["revoked"] = d.revoked;
     return j;
 }
 
@@ -599,6 +631,88 @@ json to_json(const DetachResult& r)
     j["deferred"] = r.deferred;
     j["elapsed_ms"] = r.elapsed_ms;
     return j;
+}
+
+void wipe_disk_key(const AgentConfig& cfg, const std::string& disk_id)
+{
+    const FileLock lock = lock_disk(cfg.lock_dir, disk_id);
+    dm::require_available();
+    const auto d = find_disk(disk_id);
+    if (!d) {
+        throw Error(Errc::not_attached, "disk " + disk_id + " is not attached on this host");
+    }
+    if (d->target != kTargetName) {
+        throw Error(Errc::conflict, "mapping " + d->mapping + " has no diskcrypt table (target " + d->target + ")",
+                    "a forced detach left it on dm-error; detach it");
+    }
+    if (!d->suspended) {
+        dm::suspend(d->mapping);
+    }
+    // Suspended: the target accepts key messages, and no bio runs while the
+    // key schedule is overwritten.
+    dm::message(d->mapping, "key wipe");
+}
+
+void rekey_disk(const AgentConfig& cfg, const std::string& disk_id)
+{
+    const FileLock lock = lock_disk(cfg.lock_dir, disk_id);
+    dm::require_available();
+    const std::string name = mapping_name(disk_id);
+    const auto m = dm::find(name);
+    const auto d = find_disk(disk_id);
+    if (!m || !d) {
+        throw Error(Errc::not_attached, "disk " + disk_id + " is not attached on this host");
+    }
+    const auto live = d->target == kTargetName && m->table.size() == 1
+                          ? parse_table_params(m->table.front().length, m->table.front().params)
+                          : std::nullopt;
+    if (!live || !d->suspended || d->key_state != "wiped") {
+        throw Error(Errc::conflict,
+                    "disk " + disk_id + " is not a suspended diskcrypt mapping whose key was wiped (" + d->mapping +
+                        ": target " + d->target + ", key " + (d->key_state.empty() ? "unknown" : d->key_state) +
+                        (d->suspended ? ", suspended" : ", live") + ")",
+                    "only a disk whose key the revocation check wiped is re-keyed");
+    }
+    // The backing device the live table names, opened once and checked by number.
+    const OpenedDevice dev = open_device_once(device_path(live->backing_devno()), false);
+    const std::string devno = std::to_string(major(dev.devno)) + ":" + std::to_string(minor(dev.devno));
+    if (devno != live->backing_devno()) {
+        throw Error(Errc::device, "disk " + disk_id + ": the backing device " + dev.shown + " is " + devno +
+                                      ", not the " + live->backing_devno() + " its mapping names");
+    }
+    const CryptDevice cd = open_luks2(dev.fd_path, dev.shown);
+    const DiskHeader header = read_header(cd.get(), dev.shown);
+    if (audit::Context* ctx = audit::current()) {
+        ctx->key = header.token.key;
+        ctx->luks_uuid = header.luks_uuid;
+        ctx->device = dev.shown;
+    }
+    if (header.token.disk_id != disk_id) {
+        throw Error(Errc::binding, "device " + dev.shown + ": this header belongs to disk " + header.token.disk_id +
+                                       ", not " + disk_id + ", whose mapping it backs",
+                    "the storage changed under an attached disk; detach it");
+    }
+    // The header must still describe the live mapping: the key it opens is
+    // set into a table that already runs.
+    const CryptTable expected = disk_table(cfg, header, dev, live->allow_discards);
+    if (expected.length != live->length || expected.iv_offset != live->iv_offset ||
+        expected.dev_offset != live->dev_offset || expected.sector_size != live->sector_size ||
+        expected.iv_large_sectors != live->iv_large_sectors ||
+        luks_uuid_from_key_description(live->key_description) != header.luks_uuid) {
+        throw Error(Errc::header,
+                    "device " + dev.shown + ": the header of disk " + disk_id +
+                        " no longer describes its live mapping (size, offsets, sector size or LUKS2 UUID differ)",
+                    "the storage changed under an attached disk; detach it and attach it again");
+    }
+    const SecureBuffer secret = unwrap_secret(cfg, header, disk_id);
+    const SecureBuffer dek = volume_key(cd.get(), header, dev, secret);
+    const std::string description = new_key_description(header.luks_uuid);
+    recheck_device(dev);
+    run_in_own_thread([&] {
+        const KernelKey key = add_disk_key(description, dek);
+        dm::message(name, "key set :64:logon:" + description);
+    });
+    dm::resume(name);
 }
 
 }  // namespace diskcrypt

@@ -67,6 +67,9 @@ struct DiskInfo {
     std::string disk_type;                               // from the header
     std::string state;                                   // "" or kEmptyState (a device of ours without a table)
     std::string header_error;  // why the backing device's header could not be read (escaped), or ""
+    // A revoked disk (suspended, key wiped by the revocation check): the key
+    // version, its state and since when (agent/ops/revocation.hpp); null otherwise.
+    nlohmann::json revoked;
 };
 
 // The state `list` shows for a device of ours without a table, left by an
@@ -109,6 +112,16 @@ std::vector<DiskInfo> list_disks(bool headers = true);
 // Adds what the backing device's header says (key, disk type) to `d`, when the
 // header is readable; a header that is not is logged, never an error.
 void add_header_info(DiskInfo& d);
+// Revocation (agent/ops/revocation.hpp), under the disk's lock: suspends the
+// mapping (in-flight I/O completes, new I/O waits) and wipes the target's key
+// ("key wipe").
+void wipe_disk_key(const AgentConfig& cfg, const std::string& disk_id);
+// Restoration: for a suspended mapping whose key was wiped, the header of the
+// backing device its table names (checked: this disk's, and describing the
+// live table), the secret unwrapped through the KMS (audited), the DEK given
+// to the target with "key set" from a thread keyring, and the mapping
+// resumed.
+void rekey_disk(const AgentConfig& cfg, const std::string& disk_id);
 // One disk; Error(not_attached) if it has no mapping.
 DiskInfo disk_status(const std::string& disk_id);
 

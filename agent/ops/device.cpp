@@ -195,7 +195,7 @@ std::string undo_partial_header(const WritableDevice& d)
 void write_header_image(const WritableDevice& d, const std::string& image_path)
 {
     crypt_device* raw = nullptr;
-    int r = crypt_init(&raw, d.fd_path.c_str());
+    int r = crypt_init_shared(&raw, d.fd_path.c_str());
     const CryptDevice cd(raw);
     if (r < 0) {
         throw Error(Errc::device, errno_text("libcryptsetup cannot open device " + d.path, -r));

@@ -80,7 +80,7 @@ HeaderImage build_header(unsigned sector_size, const SecureBuffer& secret, const
     img.path = fd_path(img.fd.get());
 
     crypt_device* raw = nullptr;
-    check_cs(crypt_init(&raw, img.path.c_str()), "crypt_init on the header image");
+    check_cs(crypt_init_shared(&raw, img.path.c_str()), "crypt_init on the header image");
     const CryptDevice cd(raw);
     check_cs(crypt_set_metadata_size(cd.get(), kMetadataBytes, kKeyslotsBytes), "crypt_set_metadata_size");
     crypt_pbkdf_type pbkdf{};

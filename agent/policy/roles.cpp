@@ -32,6 +32,7 @@ struct PermissionInfo {
 constexpr std::array kPermissions{
     PermissionInfo{Permission::keys_get, "kms.keys.get", ResourceKind::key},
     PermissionInfo{Permission::keys_list, "kms.keys.list", ResourceKind::key},
+    PermissionInfo{Permission::keys_create, "kms.keys.create", ResourceKind::key},
     PermissionInfo{Permission::keys_get_access_bindings, "kms.keys.getAccessBindings", ResourceKind::key},
     PermissionInfo{Permission::keys_encrypt, "kms.keys.encrypt", ResourceKind::key},
     PermissionInfo{Permission::keys_decrypt, "kms.keys.decrypt", ResourceKind::key},
@@ -45,6 +46,7 @@ constexpr std::array kPermissions{
 constexpr std::array kAllPermissions{
     Permission::keys_get,
     Permission::keys_list,
+    Permission::keys_create,
     Permission::keys_get_access_bindings,
     Permission::keys_encrypt,
     Permission::keys_decrypt,
@@ -97,7 +99,7 @@ constexpr std::array kRoles{
     RoleInfo{Role::kms_viewer, "kms.viewer", bit(Permission::keys_list), {Role::kms_auditor}, 1, kKeyOrFolder},
     RoleInfo{Role::kms_editor,
              "kms.editor",
-             bit(Permission::keys_update),
+             bits({Permission::keys_create, Permission::keys_update}),
              {Role::kms_viewer, Role::kms_keys_encrypter_decrypter},
              2,
              kKeyOrFolder},

@@ -22,6 +22,7 @@ enum class ResourceKind : std::uint8_t { key, service_account, folder };
 enum class Permission : std::uint8_t {
     keys_get,                  // kms.keys.get: a key's metadata and versions
     keys_list,                 // kms.keys.list: the keys of a folder
+    keys_create,               // kms.keys.create: make a key
     keys_get_access_bindings,  // kms.keys.getAccessBindings: who may use a key
     keys_encrypt,              // kms.keys.encrypt: wrap a disk's secret
     keys_decrypt,              // kms.keys.decrypt: unwrap it (attach, verify)

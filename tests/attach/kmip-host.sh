@@ -16,6 +16,10 @@
 #            revoke NAME   revoke the key NAME (reason CESSATION_OF_OPERATION:
 #                          the key becomes Deactivated)  -> "ok revoke NAME UID"
 #            stop          stop the server (SIGINT, wait)  -> "ok stop"
+#            kill          kill the server (SIGKILL: it does not wait for
+#                          open sessions as its stop does)  -> "ok kill"
+#            start         start it again on the same port with the same
+#                          database (keys and states kept)  -> "ok start"
 #          anything else or a failure                      -> "error ..."
 #        tests/attach/kmip-host.sh stop DIR
 #          stops the server (SIGINT; after 30 s SIGTERM, then SIGKILL to what
@@ -91,8 +95,26 @@ stop_server() {
 	return 1
 }
 
+# launch DIR: pykmip-server on DIR/server.conf (PORT set), until it serves
+# (status 0), or it died or 30 s passed (1). Its log is appended to.
+launch() {
+	local dir=$1 n=300 before
+	before=$(grep -c 'Starting connection service' "$dir/server.log" || true)
+	# Its own process group (setsid: this shell's child is no group
+	# leader, so setsid execs in place and $! is the server).
+	setsid "$PYTHON" /usr/bin/pykmip-server -f "$dir/server.conf" -l "$dir/server.log" \
+		</dev/null >>"$dir/server.out" 2>&1 &
+	printf 'PORT=%s\nPGID=%s\n' "$PORT" "$!" >"$dir/env"
+	while (($(grep -c 'Starting connection service' "$dir/server.log" || true) <= before)); do
+		if [[ -z "$(members "$dir")" ]] || ((n-- <= 0)); then
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
 start() {
-	local dir=$1 attempt n uid name
+	local dir=$1 attempt uid name
 	rm -rf "$dir"
 	mkdir -p "$dir/policies"
 	bash "$ROOT/tests/support/kmip-pki.sh" "$dir/pki"
@@ -112,19 +134,7 @@ database_path=$dir/pykmip.db
 logging_level=INFO
 EOF
 		: >"$dir/server.log"
-		# Its own process group (setsid: this shell's child is no group
-		# leader, so setsid execs in place and $! is the server).
-		setsid "$PYTHON" /usr/bin/pykmip-server -f "$dir/server.conf" -l "$dir/server.log" \
-			</dev/null >>"$dir/server.out" 2>&1 &
-		printf 'PORT=%s\nPGID=%s\n' "$PORT" "$!" >"$dir/env"
-		n=300
-		while ! grep -q 'Starting connection service' "$dir/server.log"; do
-			if [[ -z "$(members "$dir")" ]] || ((n-- <= 0)); then
-				break
-			fi
-			sleep 0.1
-		done
-		grep -q 'Starting connection service' "$dir/server.log" && break
+		launch "$dir" && break
 		stop_server "$dir" || true
 		if ((attempt == 3)) || ! grep -q 'Server failed to bind' "$dir/server.log"; then
 			log "pykmip-server did not start:"
@@ -160,6 +170,21 @@ control() {
 			echo "ok revoke $2 $uid"
 		else
 			echo "error $err"
+		fi
+		;;
+	"start 1")
+		if launch "$dir" 2>>"$dir/control.log"; then
+			echo "ok start"
+		else
+			echo "error pykmip-server did not start again"
+		fi
+		;;
+	"kill 1")
+		signal KILL "$dir"
+		if wait_gone "$dir" 10; then
+			echo "ok kill"
+		else
+			echo "error pykmip-server processes are left"
 		fi
 		;;
 	"stop 1")

@@ -39,6 +39,13 @@
 #              opens the disk with dm-crypt and reads diskcrypt's data; a
 #              service account without the role refused; luksDump without
 #              the wrapped secret; the agent stopped: a clear message
+#   revocation key create/list/rotate/disable/enable/destroy through the CLI
+#              (SoftHSM2); with [revocation] revoke for a key: disabled ->
+#              the mapping suspended and its kernel key wiped within the
+#              interval, reads wait, status says why; enabled -> re-keyed
+#              from the header and resumed with the same data; a key in
+#              keep mode keeps serving; destroy refused while attached; the
+#              default key protected; a revoked disk detaches
 #   kmip       a KMIP provider (PyKMIP on the host, tests/attach/kmip-host.sh;
 #              the guest reaches it through QEMU's user-mode network, below):
 #              format, verify, attach, write, detach, attach, read under a
@@ -53,9 +60,10 @@
 # and key and the keys' UIDs go into the initramfs, with virtio_net), and
 # the guest gets a virtio NIC on QEMU's user-mode network with restrict=on
 # (no route anywhere) and two guest forwards: 10.0.2.100:5696 to the server
-# (a busybox nc on the host per connection) and 10.0.2.100:5697 to
-# 'kmip-host.sh control' (the guest's requests: revoke a key, stop the
-# server). The server is stopped when the guest is done, also on failure.
+# (a busybox nc on the host per connection), 10.0.2.100:5697 to
+# 'kmip-host.sh control' (the guest's requests: revoke a key, stop, kill or
+# start the server) and 10.0.2.100:5698 to the server after a 10 s wait (a
+# KMS that does not answer). The server is stopped when the guest is done, also on failure.
 #
 # Usage: tests/attach/run.sh [TEST,...]
 # Environment: DISKCRYPT_BUILD (default <repo>/build), KMOD (default
@@ -66,7 +74,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
 KMOD=${KMOD:-$ROOT/kmod/dm-diskcrypt.ko}
-TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import,recovery,kmip}
+TESTS=${1:-lifecycle,custody,errors,restart,parallel,hostile-peer,hostile-header,access,profiles,copy,import,recovery,revocation,kmip}
 W=$BUILD/vm/attach
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 
@@ -109,6 +117,10 @@ if [[ ",$TESTS," == *,kmip,* || ",$TESTS," == *,attach/kmip,* ]]; then
 	netdev="user,id=n0,restrict=on"
 	netdev+=",guestfwd=tcp:10.0.2.100:5696-cmd:${relay//,/,,}"
 	netdev+=",guestfwd=tcp:10.0.2.100:5697-cmd:${control//,/,,}"
+	# A KMIP server that accepts and never answers (the faults of kmip.sh):
+	# the connection is held 10 s before it reaches the server.
+	slow="/bin/sh -c 'sleep 10; exec /usr/bin/busybox nc 127.0.0.1 $port 2>/dev/null'"
+	netdev+=",guestfwd=tcp:10.0.2.100:5698-cmd:${slow//,/,,}"
 	vm_args+=(--qemu-arg -netdev --qemu-arg "$netdev"
 		--qemu-arg -device --qemu-arg "virtio-net-pci,netdev=n0,romfile=")
 fi

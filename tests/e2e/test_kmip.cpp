@@ -26,7 +26,14 @@ public:
     {
         uid = server.create_key("disk-key");
         const auto& pki = server.pki();
-        const std::string policy = diskcrypt::test::write_tests_policy(dir / "policy.toml", {"kms:disk-key"});
+        const std::string policy =
+            diskcrypt::test::write_tests_policy(dir / "policy.toml", {"kms:disk-key", "kms:k-life"});
+        // key-admin is kms.admin on the tests' folder (the key lifecycle test).
+        diskcrypt::test::write_file(dir / "policy.toml",
+                                    diskcrypt::test::read_file(dir / "policy.toml") +
+                                        "[[bindings]]\nsubject = \"userAccount:key-admin\"\nrole = \"kms.admin\"\n"
+                                        "resource = \"folder:tests\"\n",
+                                    0644);
         const std::string endpoint = endpoint_override.empty() ? server.endpoint() : endpoint_override;
         diskcrypt::test::write_file(
             config,
@@ -114,5 +121,55 @@ TEST_CASE("e2e kmip: format and verify through a PyKMIP server", "[e2e][kmip]")
         CHECK(r.status == 8);
         CHECK_THAT(r.err, Contains("no KMIP server completed Decrypt") && Contains(w.server.endpoint()) &&
                               Contains("Connection refused"));
+    }
+}
+
+TEST_CASE("e2e kmip: key create, rotate, disable, enable (refused), destroy", "[e2e][kmip][keys]")
+{
+    KmipWorld w;
+    const std::string user(diskcrypt::test::kUser);
+    const json c = json::parse(w.cli_ok({"--json", "key", "create", "kms:k-life", "--user", user}).out).at("key");
+    CHECK(c.at("provider_type") == "kmip");
+    REQUIRE(c.at("versions").size() == 1);
+    const std::string v1 = c.at("primary").get<std::string>();
+    CHECK(w.cli({"key", "create", "kms:k-life", "--user", user}).status == 16);
+
+    const std::string img = kmip_image(w.dir, "life.img");
+    (void)w.cli_ok({"format", img, "--disk-id", "life", "--type", "network-ssd", "--key", "kms:k-life"});
+    const json r = json::parse(w.cli_ok({"--json", "key", "rotate", "kms:k-life", "--user", user}).out).at("key");
+    REQUIRE(r.at("versions").size() == 2);
+    const std::string v2 = r.at("primary").get<std::string>();
+    CHECK(v2 != v1);
+    const std::string img2 = kmip_image(w.dir, "life2.img");
+    const json f2 = json::parse(
+        w.cli_ok({"--json", "format", img2, "--disk-id", "life2", "--type", "network-ssd", "--key", "kms:k-life"}).out);
+    CHECK(f2.at("key").at("version") == v2);
+    (void)w.cli_ok({"verify", img, "--disk-id", "life", "--type", "network-ssd", "--key", "kms:k-life"});
+
+    const json l = json::parse(w.cli_ok({"--json", "key", "list", "kms", "--user", user}).out);
+    bool listed = false;
+    for (const json& k : l.at("keys")) {
+        listed = listed || (k.at("id") == "k-life" && k.at("primary") == v2);
+    }
+    CHECK(listed);
+
+    const json d = json::parse(w.cli_ok({"--json", "key", "disable", "kms:k-life", "--user", user}).out).at("key");
+    for (const json& v : d.at("versions")) {
+        CHECK(v.at("state") == "deactivated");
+    }
+    const Result refused = w.cli({"verify", img, "--disk-id", "life", "--type", "network-ssd", "--key", "kms:k-life"});
+    CHECK(refused.status == 10);
+    CHECK_THAT(refused.err, Contains("deactivated"));
+    const Result enable = w.cli({"key", "enable", "kms:k-life", "--user", user});
+    CHECK(enable.status == 21);
+    CHECK_THAT(enable.err, Contains("cannot be enabled again"));
+
+    CHECK(w.cli({"key", "destroy", "kms:k-life", "--user", user}).status == 18);
+    (void)w.cli_ok({"key", "destroy", "kms:k-life", "--user", "key-admin"});
+    const Result gone = w.cli({"verify", img2, "--disk-id", "life2", "--type", "network-ssd", "--key", "kms:k-life"});
+    CHECK(gone.status == 10);
+    const std::string audit = diskcrypt::test::read_file(w.audit);
+    for (const char* e : {"key-create", "key-rotate", "key-disable", "key-enable", "key-destroy"}) {
+        CHECK_THAT(audit, Contains(std::string("\"event\":\"") + e + "\""));
     }
 }

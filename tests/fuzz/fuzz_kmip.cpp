@@ -1,8 +1,10 @@
 // Fuzz target: what a KMIP server sends back (agent/kms/kmip): the TTLV
-// decoder, then the response parser for each operation diskcrypt uses and
-// the payload parsers, as the provider calls them. DecodeError is the
-// expected refusal; its message must be printable ASCII. Anything else
-// (a crash, an exception of another type, unbounded work) is a finding.
+// decoder, then the response parser for each operation diskcrypt uses
+// (Encrypt, Decrypt, Get Attributes, Locate, and the key lifecycle's Create,
+// Activate, Revoke, Destroy) and the payload parsers, as the provider calls
+// them, and map_result of each refusal with each object state. DecodeError
+// is the expected refusal; its message must be printable ASCII. Anything
+// else (a crash, an exception of another type, unbounded work) is a finding.
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -43,16 +45,26 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check(e.what());
         return 0;
     }
-    constexpr std::array ops{Operation::locate, Operation::get_attributes, Operation::encrypt, Operation::decrypt};
+    constexpr std::array ops{Operation::locate, Operation::get_attributes, Operation::encrypt, Operation::decrypt,
+                             Operation::create, Operation::activate,       Operation::revoke,  Operation::destroy};
+    constexpr std::array states{KeyState::unknown,
+                                KeyState::pre_active,
+                                KeyState::active,
+                                KeyState::deactivated,
+                                KeyState::compromised,
+                                KeyState::destroyed,
+                                KeyState::destroyed_compromised};
     for (const Operation op : ops) {
         try {
             const Response r = parse_response(root, op);
             check(r.message);
             if (r.status != ResultStatus::success) {
                 const Context ctx{"kms", "127.0.0.1:5696", "agent", "key", "1"};
-                const diskcrypt::Error e = map_result(r, ctx, KeyState::unknown);
-                check(e.what());
-                check(e.hint());
+                for (const KeyState state : states) {
+                    const diskcrypt::Error e = map_result(r, ctx, state);
+                    check(e.what());
+                    check(e.hint());
+                }
                 continue;
             }
             switch (op) {
@@ -65,6 +77,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     for (const auto& name : parse_get_attributes(r).names) {
                         check(name);
                     }
+                    break;
+                case Operation::create:
+                    check(parse_create(r));
+                    break;
+                case Operation::activate:
+                case Operation::revoke:
+                case Operation::destroy:
+                    parse_unique_identifier(r, "1");
                     break;
                 case Operation::encrypt:
                     (void)parse_encrypt(r);

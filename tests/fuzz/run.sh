@@ -5,7 +5,7 @@
 # Usage: tests/fuzz/run.sh FUZZ_BUILD_DIR SECONDS [TARGET...]
 #   FUZZ_BUILD_DIR  the CMake build with -DDISKCRYPT_FUZZ=ON (make fuzz-smoke / make fuzz)
 #   SECONDS         run time per target (-max_total_time)
-#   TARGET          request response token header config policy provisioning kmip (default: all)
+#   TARGET          request response token header config policy provisioning kmip audit_line (default: all)
 # Environment: FUZZ_PARALLEL=N runs N targets at a time (default 1; one
 # libFuzzer worker each). FUZZ_ARGS adds libFuzzer options.
 #
@@ -26,7 +26,7 @@ build=$1
 seconds=$2
 shift 2
 targets=("$@")
-((${#targets[@]})) || targets=(request response token header config policy provisioning kmip)
+((${#targets[@]})) || targets=(request response token header config policy provisioning kmip audit_line)
 parallel=${FUZZ_PARALLEL:-1}
 work=$build/work
 report=$work/report

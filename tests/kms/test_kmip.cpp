@@ -9,8 +9,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <latch>
 #include <optional>
 #include <thread>
@@ -30,6 +32,8 @@ using diskcrypt::Errc;
 using diskcrypt::Error;
 using diskcrypt::KeyRef;
 using diskcrypt::SecureBuffer;
+using diskcrypt::kms::KeyInfo;
+using diskcrypt::kms::VersionStates;
 using diskcrypt::test::KmipIdentity;
 using diskcrypt::test::PyKmipServer;
 using diskcrypt::test::TempDir;
@@ -214,16 +218,16 @@ TEST_CASE("kmip: describe, wrap and unwrap through PyKMIP", "[kmip][pykmip]")
         bad.tag[0] ^= 1U;
         CHECK(error_of([&] { (void)p.unwrap("disk-key", d.version, bad, ad); }).code() == Errc::binding);
     }
-    SECTION("a key name nobody has, and one that two objects carry")
+    SECTION("a key name nobody has, and one that two objects carry: the newer is the primary")
     {
         const Error none = error_of([&] { (void)p.describe("no-such-key"); });
         CHECK(none.code() == Errc::kms_key);
         CHECK_THAT(none.what(), Contains("no KMIP object named 'no-such-key'") && Contains("diskcrypt-agent"));
         (void)server.create_key("twice");
-        (void)server.create_key("twice");
-        const Error two = error_of([&] { (void)p.describe("twice"); });
-        CHECK(two.code() == Errc::kms_key);
-        CHECK_THAT(two.what(), Contains("more than one KMIP object is named 'twice'"));
+        const std::string second = server.create_key("twice");
+        const auto two = p.describe("twice");
+        CHECK(two.version == second);
+        CHECK(two.enabled);
     }
     SECTION("one connection serves many requests")
     {
@@ -467,6 +471,182 @@ TEST_CASE("kmip: concurrent unwraps share a small pool of connections", "[kmip][
     CHECK(ok == kThreads);
     // The wraps above left one connection; 64 at once open at most 3 more.
     CHECK(connections_seen(server) - before <= 3);
+}
+
+// One server for the whole life of one key: each step builds on the last.
+TEST_CASE("kmip: a key's lifecycle: create, rotate, disable, enable, destroy", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    const PyKmipServer server(dir);
+    const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, ""}));
+    auto& p = a.provider();
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto ad_for = [](const std::string& version) {
+        return diskcrypt::associated_data("disk-" + version, KeyRef{"kms", "life", version});
+    };
+
+    // Create: one active version, the primary.
+    const KeyInfo made = p.create_key("life");
+    CHECK(made.key_id == "life");
+    CHECK(made.algorithm == "AES-256");
+    REQUIRE(made.versions.size() == 1);
+    const std::string v1 = made.versions[0].version;
+    CHECK(made.versions[0].state == "active");
+    CHECK(made.versions[0].primary);
+    CHECK(made.versions[0].created > 1700000000);
+    const auto d1 = p.describe("life");
+    CHECK(d1.version == v1);
+    CHECK(d1.enabled);
+    CHECK(d1.state == "active");
+    const Error exists = error_of([&] { (void)p.create_key("life"); });
+    CHECK(exists.code() == Errc::conflict);
+    CHECK_THAT(exists.what(), Contains("key 'life' already exists on KMIP server " + server.endpoint()));
+    const auto ad1 = ad_for(d1.version);
+    const auto w1 = p.wrap("life", d1.version, secret.span(), ad1);
+
+    // Rotate: a second version becomes the primary; both unwrap what they wrapped.
+    const KeyInfo rotated = p.rotate_key("life");
+    REQUIRE(rotated.versions.size() == 2);
+    CHECK(rotated.versions[0].version == v1);
+    CHECK_FALSE(rotated.versions[0].primary);
+    const std::string v2 = rotated.versions[1].version;
+    CHECK(v2 != v1);
+    CHECK(rotated.versions[1].primary);
+    CHECK(rotated.versions[1].state == "active");
+    CHECK(rotated.versions[0].created <= rotated.versions[1].created);
+    const auto d2 = p.describe("life");
+    CHECK(d2.version == v2);
+    const auto ad2 = ad_for(d2.version);
+    const auto w2 = p.wrap("life", d2.version, secret.span(), ad2);
+    CHECK(p.unwrap("life", v1, w1, ad1).equals(secret.span()));
+    CHECK(p.unwrap("life", v2, w2, ad2).equals(secret.span()));
+    CHECK(error_of([&] { (void)p.unwrap("life", v2, w1, ad1); }).code() == Errc::binding);
+    CHECK(p.version_states("life", {v1, v2}) == VersionStates{{v1, "active"}, {v2, "active"}});
+
+    // List: the key with both versions, oldest first.
+    const std::vector<KeyInfo> keys = p.list_keys();
+    const auto life = std::find_if(keys.begin(), keys.end(), [](const KeyInfo& k) { return k.key_id == "life"; });
+    REQUIRE(life != keys.end());
+    REQUIRE(life->versions.size() == 2);
+    CHECK(life->versions[0].version == v1);
+    CHECK(life->versions[1].version == v2);
+    CHECK(life->versions[1].primary);
+    CHECK(life->algorithm == "AES-256");
+
+    // Disable: every version deactivated; wrap and unwrap refused with the state.
+    const KeyInfo disabled = p.disable_key("life");
+    REQUIRE(disabled.versions.size() == 2);
+    for (const auto& v : disabled.versions) {
+        CHECK(v.state == "deactivated");
+    }
+    CHECK(p.version_states("life", {v1, v2}) == VersionStates{{v1, "deactivated"}, {v2, "deactivated"}});
+    const auto d3 = p.describe("life");
+    CHECK(d3.version == v2);
+    CHECK_FALSE(d3.enabled);
+    CHECK(d3.state == "deactivated");
+    const Error no_unwrap = error_of([&] { (void)p.unwrap("life", v1, w1, ad1); });
+    CHECK(no_unwrap.code() == Errc::kms_key);
+    CHECK(diskcrypt::exit_status(no_unwrap.code()) == 10);
+    CHECK_THAT(no_unwrap.what(), Contains("KMIP object " + v1 + ") is deactivated, not active"));
+    const Error no_wrap = error_of([&] { (void)p.wrap("life", v2, secret.span(), ad2); });
+    CHECK(no_wrap.code() == Errc::kms_key);
+    CHECK_THAT(no_wrap.what(), Contains("is deactivated"));
+    CHECK(p.disable_key("life").versions.size() == 2);  // again: nothing left to revoke
+
+    // Enable: a revoked KMIP object never becomes active again; nothing changes.
+    const Error no_enable = error_of([&] { (void)p.enable_key("life"); });
+    CHECK(no_enable.code() == Errc::not_supported);
+    CHECK(diskcrypt::exit_status(no_enable.code()) == 21);
+    CHECK_THAT(no_enable.what(), Contains("provider 'kms': key 'life' cannot be enabled again: KMIP version " + v1 +
+                                          " is deactivated, and a revoked KMIP object never becomes active again"));
+    CHECK_THAT(no_enable.hint(), Contains("rotate the key to make a new active version, then rewrap its disks"));
+    CHECK(p.version_states("life", {v1, v2}) == VersionStates{{v1, "deactivated"}, {v2, "deactivated"}});
+
+    // Destroy: every version gone, and the key with them.
+    p.destroy_key("life");
+    CHECK(server.state(v2) == "NOT_FOUND");  // PyKMIP deletes a destroyed object
+    const Error gone = error_of([&] { (void)p.key_info("life"); });
+    CHECK(gone.code() == Errc::kms_key);
+    CHECK_THAT(gone.what(), Contains("no KMIP object named 'life'"));
+    CHECK(p.version_states("life", {v1, v2}) == VersionStates{{v1, "destroyed"}, {v2, "destroyed"}});
+    for (const auto& step :
+         std::vector<std::function<void()>>{[&] { (void)p.rotate_key("life"); }, [&] { (void)p.disable_key("life"); },
+                                            [&] { (void)p.enable_key("life"); }, [&] { p.destroy_key("life"); }}) {
+        CHECK(error_of(step).code() == Errc::kms_key);
+    }
+}
+
+TEST_CASE("kmip: versions made outside diskcrypt, other tenants, and a server that is gone", "[kmip][pykmip]")
+{
+    const TempDir dir;
+    PyKmipServer server(dir);
+    const Agentish a(provider_toml(server.pki(), {{server.endpoint()}, {}, ""}));
+    const Agentish fast(provider_toml(
+        server.pki(), {{server.endpoint()}, {}, "request_timeout = 2\nconnect_timeout = 1\nread_timeout = 1\n"}));
+    auto& p = a.provider();
+
+    // Two objects with one Name and one Initial Date: the larger identifier is the primary.
+    const std::vector<std::string> twins = server.create_keys("twins", 2, true, true);
+    const std::string larger = std::stoll(twins[0]) > std::stoll(twins[1]) ? twins[0] : twins[1];
+    const KeyInfo t = p.key_info("twins");
+    REQUIRE(t.versions.size() == 2);
+    CHECK(t.versions[0].created == t.versions[1].created);
+    CHECK(t.versions[1].version == larger);
+    CHECK(t.versions[1].primary);
+    CHECK_FALSE(t.versions[0].primary);
+    CHECK(p.describe("twins").version == larger);
+
+    // A newer pre-active version is the primary, not enabled; enable activates it.
+    const std::string old_active = server.create_key("mixed");
+    const std::string pending = server.create_key("mixed", false);
+    const auto dm = p.describe("mixed");
+    CHECK(dm.version == pending);
+    CHECK_FALSE(dm.enabled);
+    CHECK(dm.state == "pre-active");
+    CHECK(p.version_states("mixed", {old_active, pending}) ==
+          VersionStates{{old_active, "active"}, {pending, "pre-active"}});
+    const KeyInfo enabled = p.enable_key("mixed");
+    REQUIRE(enabled.versions.size() == 2);
+    CHECK(enabled.versions[0].state == "active");
+    CHECK(enabled.versions[1].state == "active");
+    CHECK(p.describe("mixed").enabled);
+    CHECK(p.enable_key("mixed").versions.size() == 2);  // all active: nothing to do
+
+    // A compromised version, and one the server never had.
+    server.revoke(old_active, true);
+    CHECK(p.version_states("mixed", {old_active, pending, "999999"}) ==
+          VersionStates{{old_active, "compromised"}, {pending, "active"}, {"999999", "destroyed"}});
+    const Error no_enable = error_of([&] { (void)p.enable_key("mixed"); });
+    CHECK(no_enable.code() == Errc::not_supported);
+    CHECK_THAT(no_enable.what(), Contains("KMIP version " + old_active + " is compromised"));
+
+    // Destroying an active key revokes it first.
+    const std::string short_lived = p.create_key("short-lived").versions.at(0).version;
+    p.destroy_key("short-lived");
+    CHECK(p.version_states("short-lived", {short_lived}) == VersionStates{{short_lived, "destroyed"}});
+
+    // Another tenant's key: not listed, and its state is an error, never a revocation.
+    const std::string theirs = server.create_key("their-key", true, server.pki().client2());
+    const Error hidden = error_of([&] { (void)p.version_states("their-key", {theirs}); });
+    CHECK(hidden.code() == Errc::kms_auth);
+    const std::vector<KeyInfo> keys = p.list_keys();
+    std::vector<std::string> names;
+    for (const KeyInfo& k : keys) {
+        names.push_back(k.key_id);
+        CHECK(std::count_if(k.versions.begin(), k.versions.end(), [](const auto& v) { return v.primary; }) == 1);
+    }
+    CHECK(names == std::vector<std::string>{"mixed", "twins"});
+    CHECK(keys.at(1).versions.at(1).version == larger);
+
+    // The server gone: version_states throws, it does not report a state.
+    auto& f = fast.provider();
+    CHECK(f.version_states("twins", {larger}) == VersionStates{{larger, "active"}});
+    (void)server.crash();
+    const auto t0 = Clock::now();
+    const Error down = error_of([&] { (void)f.version_states("twins", {larger}); });
+    CHECK(down.code() == Errc::kms_unavailable);
+    CHECK_THAT(down.what(), Contains("no KMIP server completed Locate"));
+    CHECK(seconds_since(t0) < 3.0);
 }
 
 TEST_CASE("kmip: provider options are checked with their line", "[kmip]")

@@ -3,11 +3,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <latch>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -18,6 +21,7 @@
 #include "agent/error.hpp"
 #include "agent/kms/pkcs11.hpp"
 #include "agent/kms/provider.hpp"
+#include "agent/raii.hpp"
 #include "tests/support/softhsm.hpp"
 #include "tests/support/support.hpp"
 
@@ -192,10 +196,10 @@ TEST_CASE("pkcs11: wrong associated data is refused", "[pkcs11]")
         s.hsm.create_key({.id = "disk-key-02"});
         fails([&] { (void)p.unwrap("disk-key-02", "1", w, ad_for("disk-1")); }, Errc::binding, "refused to unwrap");
     }
-    SECTION("a key version PKCS#11 does not have")
+    SECTION("a key version the token does not have")
     {
         fails([&] { (void)p.unwrap("disk-key-01", "2", w, ad_for("disk-1")); }, Errc::kms_key,
-              "key 'disk-key-01' has no version '2'");
+              "key 'disk-key-01' has no version 2 on token 'diskcrypt' (no secret key with CKA_ID 'disk-key-01#2'");
     }
 }
 
@@ -548,6 +552,527 @@ TEST_CASE("pkcs11: pool_size and request_timeout are checked", "[pkcs11][pool]")
     refused("request_timeout = 601\n", "agent.toml:6: [providers.hsm] request_timeout: must be from 0 to 600");
     CHECK(diskcrypt::parse_config(hsm.provider_toml("hsm", "pool_size = 64\nrequest_timeout = 600\n"), "agent.toml")
               .provider("hsm") != nullptr);
+}
+
+namespace {
+
+namespace p11 = diskcrypt::kms::pkcs11;
+using diskcrypt::kms::KeyInfo;
+using diskcrypt::kms::VersionStates;
+
+// The secret keys with this CKA_ID, found through the test's own session.
+std::vector<CK_OBJECT_HANDLE> objects_with_id(SoftHsm& hsm, const diskcrypt::Pkcs11Session& session,
+                                              const std::string& id)
+{
+    CK_FUNCTION_LIST* f = hsm.functions();
+    std::string idb = id;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    std::array<CK_ATTRIBUTE, 2> t{{{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, idb.data(), idb.size()}}};
+    std::array<CK_OBJECT_HANDLE, 8> found{};
+    CK_ULONG n = 0;
+    REQUIRE(f->C_FindObjectsInit(session.get(), t.data(), 2) == CKR_OK);
+    REQUIRE(f->C_FindObjects(session.get(), found.data(), found.size(), &n) == CKR_OK);
+    REQUIRE(f->C_FindObjectsFinal(session.get()) == CKR_OK);
+    return {found.begin(), found.begin() + static_cast<std::ptrdiff_t>(n)};
+}
+
+bool bool_attribute(SoftHsm& hsm, const diskcrypt::Pkcs11Session& session, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL value = CK_FALSE;
+    CK_ATTRIBUTE attr{type, &value, sizeof(value)};
+    REQUIRE(hsm.functions()->C_GetAttributeValue(session.get(), h, &attr, 1) == CKR_OK);
+    return value == CK_TRUE;
+}
+
+std::string label_of(SoftHsm& hsm, const diskcrypt::Pkcs11Session& session, CK_OBJECT_HANDLE h)
+{
+    std::array<char, 256> buf{};
+    CK_ATTRIBUTE attr{CKA_LABEL, buf.data(), buf.size()};
+    REQUIRE(hsm.functions()->C_GetAttributeValue(session.get(), h, &attr, 1) == CKR_OK);
+    return {buf.data(), attr.ulValueLen};
+}
+
+// A key's versions as "1 active, 2 disabled primary".
+std::string versions_text(const KeyInfo& info)
+{
+    std::string out;
+    for (const auto& v : info.versions) {
+        CHECK(v.created == 0);  // PKCS#11 does not say
+        out += (out.empty() ? "" : ", ") + v.version + " " + v.state + (v.primary ? " primary" : "");
+    }
+    return out;
+}
+
+// `f` must throw Error(code) whose message contains `text` and whose hint
+// contains `hint`.
+template <typename F>
+void fails_with_hint(F&& f, Errc code, const std::string& text, const std::string& hint)
+{
+    try {
+        f();
+        FAIL("no error");
+    } catch (const Error& e) {
+        INFO(e.what() << " | hint: " << e.hint());
+        CHECK(e.code() == code);
+        CHECK_THAT(e.what(), Contains(text));
+        CHECK_THAT(e.hint(), Contains(hint));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("pkcs11: CKA_ID <-> key id and version", "[pkcs11][versions]")
+{
+    CHECK(p11::object_id("disk-key-01", 1) == "disk-key-01");
+    CHECK(p11::object_id("disk-key-01", 2) == "disk-key-01#2");
+    CHECK(p11::object_id("a.b_c:d/e-f", 999999) == "a.b_c:d/e-f#999999");
+
+    CHECK(p11::parse_key_version("1") == 1U);
+    CHECK(p11::parse_key_version("2") == 2U);
+    CHECK(p11::parse_key_version("10") == 10U);
+    CHECK(p11::parse_key_version("999999") == 999999U);
+    const std::vector<std::string> bad_versions{"",    "0",   "00",      "01",      "007",      "abc",
+                                                "1#2", "+1",  "-1",      " 1",      "1 ",       "1.0",
+                                                "0x1", "1e3", "1000000", "9999999", "\xd9\xa1", std::string("1\0", 2)};
+    for (const std::string& bad : bad_versions) {
+        INFO("version '" << bad << "'");
+        CHECK_FALSE(p11::parse_key_version(bad).has_value());
+    }
+
+    using Id = p11::KeyObjectId;
+    CHECK(p11::parse_object_id("disk-key-01") == Id{"disk-key-01", 1});
+    CHECK(p11::parse_object_id("disk-key-01#2") == Id{"disk-key-01", 2});
+    CHECK(p11::parse_object_id("a.b_c:d/e-f#999999") == Id{"a.b_c:d/e-f", 999999});
+    CHECK(p11::parse_object_id(std::string(128, 'k') + "#17") == Id{std::string(128, 'k'), 17});
+    for (const std::string& id : {std::string("k"), std::string("disk-key-01"), std::string(128, 'x')}) {
+        for (const std::uint32_t v : {1U, 2U, 9U, 10U, 4711U, p11::kMaxKeyVersion}) {
+            CHECK(p11::parse_object_id(p11::object_id(id, v)) == Id{id, v});
+        }
+    }
+    // Outside the scheme: skipped by list_keys, never a version of any key.
+    const std::vector<std::string> bad_ids{"",
+                                           "#2",
+                                           "k#",
+                                           "k#1",
+                                           "k#0",
+                                           "k#01",
+                                           "k#2#3",
+                                           "k##2",
+                                           "k#1000000",
+                                           "k#-2",
+                                           "k#2 ",
+                                           "k#x",
+                                           "disk key",
+                                           "k\x01",
+                                           "\xff\xfe",
+                                           std::string("k\0", 2),
+                                           std::string(129, 'k'),
+                                           std::string(129, 'k') + "#2",
+                                           "k#2\n"};
+    for (const std::string& bad : bad_ids) {
+        INFO("CKA_ID '" << bad << "'");
+        CHECK_FALSE(p11::parse_object_id(bad).has_value());
+    }
+}
+
+TEST_CASE("pkcs11: create a key, and again", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    const KeyInfo info = p.create_key("disk-key-01");
+    CHECK(info.key_id == "disk-key-01");
+    CHECK(info.algorithm == "AES-256");
+    CHECK(versions_text(info) == "1 active primary");
+    CHECK(versions_text(p.key_info("disk-key-01")) == "1 active primary");
+    const auto d = p.describe("disk-key-01");
+    CHECK(d.version == "1");
+    CHECK(d.algorithm == "AES-256");
+    CHECK(d.enabled);
+    CHECK(d.state == "active");
+    CHECK(d.can_encrypt);
+    CHECK(d.can_decrypt);
+    CHECK_FALSE(d.extractable);
+    CHECK(d.label == "diskcrypt disk-key-01 v1");
+
+    {
+        // Version 1 is the object with CKA_ID = the key id, made as documented.
+        const auto session = s.hsm.session();
+        const auto handles = objects_with_id(s.hsm, session, "disk-key-01");
+        REQUIRE(handles.size() == 1);
+        const CK_OBJECT_HANDLE h = handles[0];
+        CHECK(bool_attribute(s.hsm, session, h, CKA_TOKEN));
+        CHECK(bool_attribute(s.hsm, session, h, CKA_PRIVATE));
+        CHECK(bool_attribute(s.hsm, session, h, CKA_SENSITIVE));
+        CHECK_FALSE(bool_attribute(s.hsm, session, h, CKA_EXTRACTABLE));
+        CHECK(bool_attribute(s.hsm, session, h, CKA_ENCRYPT));
+        CHECK(bool_attribute(s.hsm, session, h, CKA_DECRYPT));
+        CHECK_FALSE(bool_attribute(s.hsm, session, h, CKA_WRAP));
+        CHECK_FALSE(bool_attribute(s.hsm, session, h, CKA_UNWRAP));
+        CHECK(bool_attribute(s.hsm, session, h, CKA_MODIFIABLE));
+        CHECK(label_of(s.hsm, session, h) == "diskcrypt disk-key-01 v1");
+    }
+
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto w = p.wrap("disk-key-01", d.version, secret.span(), ad_for("disk-1"));
+    CHECK(p.unwrap("disk-key-01", "1", w, ad_for("disk-1")).equals(secret.span()));
+
+    fails([&] { (void)p.create_key("disk-key-01"); }, Errc::conflict,
+          "provider 'hsm': key 'disk-key-01' exists on token 'diskcrypt' (version 1)");
+    CHECK(diskcrypt::exit_status(Errc::conflict) == 16);
+    // A key made by other tools the old way, or only a later version of one.
+    s.hsm.create_key({.id = "legacy"});
+    fails([&] { (void)p.create_key("legacy"); }, Errc::conflict, "key 'legacy' exists");
+    s.hsm.create_key({.id = "orphan#3"});
+    fails([&] { (void)p.create_key("orphan"); }, Errc::conflict,
+          "key 'orphan' exists on token 'diskcrypt' (version 3)");
+    // Objects outside the scheme do not count.
+    s.hsm.create_key({.id = "fresh#1"});
+    s.hsm.create_key({.id = "fresh#01"});
+    CHECK(versions_text(p.create_key("fresh")) == "1 active primary");
+    // A key id with '#' would name another key's version.
+    fails([&] { (void)p.create_key("fresh#2"); }, Errc::usage, "invalid key id");
+    {
+        const auto session = s.hsm.session();
+        CHECK(objects_with_id(s.hsm, session, "disk-key-01").size() == 1);
+        CHECK(objects_with_id(s.hsm, session, "fresh#2").empty());
+    }
+}
+
+TEST_CASE("pkcs11: rotate: new wraps use version 2, every version keeps unwrapping", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    SECTION("a key the agent created") { (void)p.create_key("k"); }
+    SECTION("a key made the old way, with CKA_ID = the key id") { s.hsm.create_key({.id = "k"}); }
+
+    REQUIRE(p.describe("k").version == "1");
+    const SecureBuffer secret1 = SecureBuffer::random(32);
+    const auto ad1 = ad_for("disk-1");
+    const auto w1 = p.wrap("k", "1", secret1.span(), ad1);
+
+    const KeyInfo rotated = p.rotate_key("k");
+    CHECK(rotated.key_id == "k");
+    CHECK(rotated.algorithm == "AES-256");
+    CHECK(versions_text(rotated) == "1 active, 2 active primary");
+    const auto d = p.describe("k");
+    CHECK(d.version == "2");
+    CHECK(d.label == "diskcrypt k v2");
+    CHECK_FALSE(d.extractable);
+
+    const SecureBuffer secret2 = SecureBuffer::random(32);
+    const auto ad2 = ad_for("disk-2");
+    const auto w2 = p.wrap("k", d.version, secret2.span(), ad2);
+    CHECK(p.unwrap("k", "1", w1, ad1).equals(secret1.span()));
+    CHECK(p.unwrap("k", "2", w2, ad2).equals(secret2.span()));
+    // Each version is a key of its own.
+    fails([&] { (void)p.unwrap("k", "2", w1, ad1); }, Errc::binding, "refused to unwrap");
+    fails([&] { (void)p.unwrap("k", "1", w2, ad2); }, Errc::binding, "refused to unwrap");
+    {
+        const auto session = s.hsm.session();
+        const auto v2 = objects_with_id(s.hsm, session, "k#2");
+        REQUIRE(v2.size() == 1);
+        CHECK(label_of(s.hsm, session, v2[0]) == "diskcrypt k v2");
+        CHECK(bool_attribute(s.hsm, session, v2[0], CKA_SENSITIVE));
+        CHECK_FALSE(bool_attribute(s.hsm, session, v2[0], CKA_EXTRACTABLE));
+        CHECK(objects_with_id(s.hsm, session, "k").size() == 1);
+    }
+
+    CHECK(versions_text(p.rotate_key("k")) == "1 active, 2 active, 3 active primary");
+    CHECK(versions_text(p.key_info("k")) == "1 active, 2 active, 3 active primary");
+    CHECK(p.describe("k").version == "3");
+    CHECK(p.unwrap("k", "1", w1, ad1).equals(secret1.span()));
+    CHECK(p.version_states("k", {"1", "2", "3", "4"}) ==
+          VersionStates{{"1", "active"}, {"2", "active"}, {"3", "active"}, {"4", "destroyed"}});
+
+    fails([&] { (void)p.rotate_key("missing"); }, Errc::kms_key,
+          "no secret key with CKA_ID 'missing' (hex 6d697373696e67) on token 'diskcrypt', nor any later version");
+}
+
+TEST_CASE("pkcs11: disable and enable every version", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    (void)p.create_key("k");
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto w1 = p.wrap("k", "1", secret.span(), ad_for("d1"));
+    (void)p.rotate_key("k");
+    const auto w2 = p.wrap("k", "2", secret.span(), ad_for("d2"));
+
+    CHECK(versions_text(p.disable_key("k")) == "1 disabled, 2 disabled primary");
+    CHECK(versions_text(p.key_info("k")) == "1 disabled, 2 disabled primary");
+    const std::string hint = "enable it (diskcrypt key enable hsm:k) or use another key";
+    fails_with_hint([&] { (void)p.wrap("k", "2", secret.span(), ad_for("d3")); }, Errc::kms_key,
+                    "provider 'hsm': key 'k' (version 2) on token 'diskcrypt' is disabled", hint);
+    fails_with_hint([&] { (void)p.wrap("k", "1", secret.span(), ad_for("d3")); }, Errc::kms_key,
+                    "key 'k' (version 1) on token 'diskcrypt' is disabled", hint);
+    fails_with_hint([&] { (void)p.unwrap("k", "1", w1, ad_for("d1")); }, Errc::kms_key,
+                    "key 'k' (version 1) on token 'diskcrypt' is disabled", hint);
+    fails_with_hint([&] { (void)p.unwrap("k", "2", w2, ad_for("d2")); }, Errc::kms_key,
+                    "key 'k' (version 2) on token 'diskcrypt' is disabled", hint);
+    fails_with_hint([&] { (void)p.describe("k"); }, Errc::kms_key,
+                    "key 'k' (version 2) on token 'diskcrypt' is disabled", hint);
+    CHECK(p.version_states("k", {"1", "2"}) == VersionStates{{"1", "disabled"}, {"2", "disabled"}});
+    fails([&] { (void)p.rotate_key("k"); }, Errc::kms_key, "key 'k' on token 'diskcrypt' is disabled; enable it first");
+    {
+        // The HSM itself refuses the key now, whoever asks.
+        const auto session = s.hsm.session();
+        const auto v1 = objects_with_id(s.hsm, session, "k");
+        REQUIRE(v1.size() == 1);
+        CHECK_FALSE(bool_attribute(s.hsm, session, v1[0], CKA_ENCRYPT));
+        CHECK_FALSE(bool_attribute(s.hsm, session, v1[0], CKA_DECRYPT));
+        std::array<std::uint8_t, 12> iv{};
+        CK_GCM_PARAMS params{};
+        params.pIv = iv.data();
+        params.ulIvLen = iv.size();
+        params.ulIvBits = iv.size() * 8;
+        params.ulTagBits = 128;
+        CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof(params)};
+        CHECK(s.hsm.functions()->C_EncryptInit(session.get(), &mech, v1[0]) == CKR_KEY_FUNCTION_NOT_PERMITTED);
+        CHECK(s.hsm.functions()->C_DecryptInit(session.get(), &mech, v1[0]) == CKR_KEY_FUNCTION_NOT_PERMITTED);
+    }
+    // Disabling a disabled key changes nothing.
+    CHECK(versions_text(p.disable_key("k")) == "1 disabled, 2 disabled primary");
+
+    CHECK(versions_text(p.enable_key("k")) == "1 active, 2 active primary");
+    CHECK(p.version_states("k", {"1", "2"}) == VersionStates{{"1", "active"}, {"2", "active"}});
+    CHECK(p.unwrap("k", "1", w1, ad_for("d1")).equals(secret.span()));
+    CHECK(p.unwrap("k", "2", w2, ad_for("d2")).equals(secret.span()));
+    CHECK(p.describe("k").version == "2");
+    const auto w3 = p.wrap("k", "2", secret.span(), ad_for("d3"));
+    CHECK(p.unwrap("k", "2", w3, ad_for("d3")).equals(secret.span()));
+    CHECK(versions_text(p.rotate_key("k")) == "1 active, 2 active, 3 active primary");
+
+    fails([&] { (void)p.disable_key("missing"); }, Errc::kms_key, "no secret key with CKA_ID 'missing'");
+    fails([&] { (void)p.enable_key("missing"); }, Errc::kms_key, "no secret key with CKA_ID 'missing'");
+}
+
+TEST_CASE("pkcs11: keys with only one of CKA_ENCRYPT and CKA_DECRYPT keep their messages", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    s.hsm.create_key({.id = "k", .decrypt = false});
+    s.hsm.create_key({.id = "k#2", .encrypt = false});
+    CHECK(versions_text(p.key_info("k")) == "1 encrypt-only, 2 decrypt-only primary");
+    CHECK(p.version_states("k", {"1", "2"}) == VersionStates{{"1", "encrypt-only"}, {"2", "decrypt-only"}});
+    const auto d = p.describe("k");
+    CHECK(d.version == "2");
+    CHECK(d.state == "decrypt-only");
+    CHECK_FALSE(d.can_encrypt);
+    const SecureBuffer secret = SecureBuffer::random(32);
+    fails([&] { (void)p.wrap("k", "1", secret.span(), ad_for("d")); }, Errc::kms_key,
+          "key 'k' on token 'diskcrypt' is not allowed to decrypt (CKA_DECRYPT is false)");
+    fails([&] { (void)p.wrap("k", "2", secret.span(), ad_for("d")); }, Errc::kms_key,
+          "key 'k' (version 2) on token 'diskcrypt' is not allowed to encrypt (CKA_ENCRYPT is false)");
+    // Enabling gives both flags; disabling takes both.
+    CHECK(versions_text(p.enable_key("k")) == "1 active, 2 active primary");
+    CHECK(versions_text(p.disable_key("k")) == "1 disabled, 2 disabled primary");
+}
+
+TEST_CASE("pkcs11: disable and enable are all or nothing", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    SECTION("a later version refuses: the versions already changed are set back")
+    {
+        s.hsm.create_key({.id = "k"});
+        s.hsm.create_key({.id = "k#2"});
+        s.hsm.create_key({.id = "k#3", .modifiable = false});
+        fails([&] { (void)p.disable_key("k"); }, Errc::kms_key,
+              "provider 'hsm': token 'diskcrypt' refuses to change CKA_ENCRYPT and CKA_DECRYPT of key 'k' (CKR_");
+        fails([&] { (void)p.disable_key("k"); }, Errc::kms_key,
+              "; disabling key 'k' stopped at version 3: versions 1 and 2 had been disabled and were set back, so "
+              "no version changed");
+        CHECK(versions_text(p.key_info("k")) == "1 active, 2 active, 3 active primary");
+        CHECK(p.version_states("k", {"1", "2", "3"}) ==
+              VersionStates{{"1", "active"}, {"2", "active"}, {"3", "active"}});
+    }
+    SECTION("the first version refuses: nothing changed")
+    {
+        s.hsm.create_key({.id = "k", .modifiable = false});
+        s.hsm.create_key({.id = "k#2"});
+        fails([&] { (void)p.disable_key("k"); }, Errc::kms_key,
+              "refuses to change CKA_ENCRYPT and CKA_DECRYPT of key 'k'");
+        fails([&] { (void)p.disable_key("k"); }, Errc::kms_key,
+              "disabling key 'k' stopped at version 1: no version changed");
+        CHECK(versions_text(p.key_info("k")) == "1 active, 2 active primary");
+    }
+    SECTION("enable: the same")
+    {
+        s.hsm.create_key({.id = "k", .encrypt = false, .decrypt = false});
+        s.hsm.create_key({.id = "k#2", .encrypt = false, .decrypt = false, .modifiable = false});
+        fails([&] { (void)p.enable_key("k"); }, Errc::kms_key,
+              "enabling key 'k' stopped at version 2: version 1 had been enabled and was set back, so no version "
+              "changed");
+        CHECK(versions_text(p.key_info("k")) == "1 disabled, 2 disabled primary");
+    }
+}
+
+TEST_CASE("pkcs11: destroy every version", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    s.hsm.create_key({.id = "k"});  // version 1 the old way
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto w1 = p.wrap("k", "1", secret.span(), ad_for("d1"));
+    (void)p.rotate_key("k");
+    (void)p.create_key("other");
+
+    p.destroy_key("k");
+    const std::string gone = "no secret key with CKA_ID 'k' (hex 6b) on token 'diskcrypt', nor any later version";
+    fails([&] { (void)p.key_info("k"); }, Errc::kms_key, gone);
+    fails([&] { (void)p.describe("k"); }, Errc::kms_key, gone);
+    fails([&] { (void)p.unwrap("k", "1", w1, ad_for("d1")); }, Errc::kms_key,
+          "no secret key with CKA_ID 'k' (hex 6b) on token 'diskcrypt'");
+    fails([&] { (void)p.wrap("k", "2", secret.span(), ad_for("d1")); }, Errc::kms_key,
+          "key 'k' has no version 2 on token 'diskcrypt'");
+    CHECK(p.version_states("k", {"1", "2"}) == VersionStates{{"1", "destroyed"}, {"2", "destroyed"}});
+    fails([&] { (void)p.destroy_key("k"); }, Errc::kms_key, gone);
+    {
+        const auto session = s.hsm.session();
+        CHECK(objects_with_id(s.hsm, session, "k").empty());
+        CHECK(objects_with_id(s.hsm, session, "k#2").empty());
+        CHECK(objects_with_id(s.hsm, session, "other").size() == 1);
+    }
+    CHECK(versions_text(p.key_info("other")) == "1 active primary");
+    // The id is free again, for a new key: the old blob does not unwrap.
+    CHECK(versions_text(p.create_key("k")) == "1 active primary");
+    fails([&] { (void)p.unwrap("k", "1", w1, ad_for("d1")); }, Errc::binding, "refused to unwrap");
+}
+
+TEST_CASE("pkcs11: version_states throws when the KMS cannot say", "[pkcs11][lifecycle]")
+{
+    TempDir dir;
+    SoftHsm hsm(dir);
+    hsm.create_key({.id = "k"});
+    auto config_with = [&](const std::string& module, const std::string& label) {
+        return diskcrypt::parse_config("[providers.hsm]\ntype = \"pkcs11\"\nmodule = \"" + module +
+                                           "\"\ntoken_label = \"" + label + "\"\npin_file = \"" + hsm.pin_file() +
+                                           "\"\n",
+                                       "agent.toml");
+    };
+    SECTION("it answers")
+    {
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        CHECK(cfg.provider("hsm")->version_states("k", {"1", "2"}) ==
+              VersionStates{{"1", "active"}, {"2", "destroyed"}});
+        CHECK(cfg.provider("hsm")->version_states("k", {}).empty());
+    }
+    SECTION("module file missing")
+    {
+        const auto cfg = config_with("/usr/lib/nonexistent/libhsm.so", "diskcrypt");
+        fails([&] { (void)cfg.provider("hsm")->version_states("k", {"1"}); }, Errc::kms_unavailable,
+              "provider 'hsm': cannot load PKCS#11 module /usr/lib/nonexistent/libhsm.so");
+    }
+    SECTION("no token with the label")
+    {
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "other-token");
+        fails([&] { (void)cfg.provider("hsm")->version_states("k", {"1"}); }, Errc::kms_unavailable,
+              "no token labelled 'other-token'");
+    }
+    SECTION("wrong PIN")
+    {
+        diskcrypt::test::write_file(hsm.pin_file(), "0000\n", 0600);
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        fails([&] { (void)cfg.provider("hsm")->version_states("k", {"1"}); }, Errc::kms_auth,
+              "provider 'hsm': token 'diskcrypt' rejected the PIN (CKR_PIN_INCORRECT)");
+    }
+    SECTION("logged out, then a wrong PIN: an error, not \"destroyed\"")
+    {
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        auto* p = cfg.provider("hsm");
+        CHECK(p->version_states("k", {"1"}) == VersionStates{{"1", "active"}});
+        diskcrypt::test::write_file(hsm.pin_file(), "0000\n", 0600);
+        {
+            const auto session = hsm.session();
+            REQUIRE(hsm.functions()->C_Logout(session.get()) == CKR_OK);
+        }
+        fails([&] { (void)p->version_states("k", {"1"}); }, Errc::kms_auth, "rejected the PIN");
+    }
+    SECTION("the token dropped the sessions: retried once, then the answer")
+    {
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        auto* p = cfg.provider("hsm");
+        CHECK(p->version_states("k", {"1"}) == VersionStates{{"1", "active"}});
+        (void)p11::take_session_stats();
+        REQUIRE(hsm.functions()->C_CloseAllSessions(slot_of(hsm)) == CKR_OK);
+        CHECK(p->version_states("k", {"1"}) == VersionStates{{"1", "active"}});
+        CHECK(p11::take_session_stats().retries == 1);
+    }
+    SECTION("a version string that is no version")
+    {
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        fails(
+            [&] {
+                (void)cfg.provider("hsm")->version_states("k", {"1", "01"});
+            },
+            Errc::kms_key, "key 'k' has no version '01' (unknown key version");
+    }
+    SECTION("two objects with the version's CKA_ID")
+    {
+        hsm.create_key({.id = "k"});
+        const auto cfg = config_with(diskcrypt::test::kSoftHsmModule, "diskcrypt");
+        fails([&] { (void)cfg.provider("hsm")->version_states("k", {"1"}); }, Errc::kms_key,
+              "more than one secret key with CKA_ID 'k'");
+    }
+}
+
+TEST_CASE("pkcs11: list_keys groups the versions and skips other objects", "[pkcs11][lifecycle]")
+{
+    Setup s;
+    auto& p = s.provider();
+    CHECK(p.list_keys().empty());
+    (void)p.create_key("alpha");
+    (void)p.create_key("beta");
+    (void)p.rotate_key("beta");
+    (void)p.disable_key("alpha");
+    s.hsm.create_key({.id = "legacy"});   // made the old way
+    s.hsm.create_key({.id = "gamma#2"});  // only a later version
+    s.hsm.create_key({.id = "dup"});      // two objects with one CKA_ID
+    s.hsm.create_key({.id = "dup"});
+    s.hsm.create_key({.id = "small", .bytes = 16});
+    // Outside the scheme.
+    const std::vector<std::string> outside{
+        "legacy#1", "legacy#01",           "legacy#0",           "legacy#1000000", "x#2#3", "#2", "bad id", "\x01\xfe",
+        "k#2\n",    std::string(129, 'a'), std::string(200, 'b')};  // longer than any CKA_ID of the scheme
+    for (const std::string& id : outside) {
+        s.hsm.create_key({.id = id});
+    }
+    const std::vector<KeyInfo> keys = p.list_keys();
+    std::map<std::string, std::string> by_id;
+    for (const KeyInfo& k : keys) {
+        by_id[k.key_id] = k.algorithm + ": " + versions_text(k);
+    }
+    CHECK(by_id == std::map<std::string, std::string>{
+                       {"alpha", "AES-256: 1 disabled primary"},
+                       {"beta", "AES-256: 1 active, 2 active primary"},
+                       {"dup", "AES-256: 1 ambiguous primary"},
+                       {"gamma", "AES-256: 2 active primary"},
+                       {"legacy", "AES-256: 1 active primary"},
+                       {"small", "AES-128: 1 active primary"},
+                   });
+    CHECK(keys.size() == by_id.size());
+    // Everything else refuses the duplicate.
+    fails([&] { (void)p.key_info("dup"); }, Errc::kms_key, "more than one secret key with CKA_ID 'dup'");
+}
+
+TEST_CASE("pkcs11: version strings that are no version are refused", "[pkcs11][versions]")
+{
+    Setup s;
+    s.hsm.create_key({.id = "disk-key-01"});
+    s.hsm.create_key({.id = "disk-key-01#01"});  // not version 1, nor any
+    auto& p = s.provider();
+    const SecureBuffer secret = SecureBuffer::random(32);
+    const auto w = p.wrap("disk-key-01", "1", secret.span(), ad_for("d"));
+    const std::vector<std::string> bad_versions{"01", "0", "abc", "1#2", "", "1000000", "+1", " 1", "1 "};
+    for (const std::string& bad : bad_versions) {
+        INFO("version '" << bad << "'");
+        fails([&] { (void)p.wrap("disk-key-01", bad, secret.span(), ad_for("d")); }, Errc::kms_key,
+              "unknown key version");
+        fails([&] { (void)p.unwrap("disk-key-01", bad, w, ad_for("d")); }, Errc::kms_key,
+              "key 'disk-key-01' has no version '" + bad + "' (unknown key version");
+        fails([&] { (void)p.version_states("disk-key-01", {bad}); }, Errc::kms_key, "unknown key version");
+    }
+    CHECK(p.unwrap("disk-key-01", "1", w, ad_for("d")).equals(secret.span()));
 }
 
 // Not run by default: `kms-tests "[.pool-timing]" -s` prints how long 64

@@ -33,27 +33,48 @@ man_section() {
 subcommands=$("$cli" --help | awk '/^Subcommands:/ { on = 1; next } on && /^  [a-z]/ { print $1 }')
 [[ -n "$subcommands" ]] || fail "no subcommands in diskcrypt --help"
 completion_commands=$(sed -n 's/^ *local commands="\(.*\)"$/\1/p' "$COMPLETION")
+# compare_options WHAT FROM_HELP FROM_MAN FROM_COMPLETION: each list holds
+# the others' options ("WHAT" names the subcommand in messages).
+compare_options() {
+	local what=$1 from_help=$2 from_man=$3 from_completion=$4 opt
+	while read -r opt; do
+		[[ -z "$opt" ]] && continue
+		grep -qx -- "$opt" <<<"$from_man" || fail "diskcrypt $what $opt: not in diskcrypt.8.md"
+		grep -qx -- "$opt" <<<"$from_completion" || fail "diskcrypt $what $opt: not in the completion"
+	done <<<"$from_help"
+	while read -r opt; do
+		[[ -z "$opt" ]] && continue
+		grep -qx -- "$opt" <<<"$from_help" || fail "diskcrypt.8.md: '$what $opt' is not an option of diskcrypt $what"
+	done <<<"$from_man"
+	while read -r opt; do
+		[[ -z "$opt" ]] && continue
+		grep -qx -- "$opt" <<<"$from_help" || fail "the completion offers '$what $opt', not an option of diskcrypt $what"
+	done <<<"$from_completion"
+}
+# completion_options NAME: the options _diskcrypt_options offers for NAME
+# (a subcommand, or SUB-NESTED for a nested one such as key-create).
+completion_options() {
+	awk -v s="$1" '$0 ~ "^    " s "[ |)]" || $0 ~ "\\| " s "[ |)]" {
+		for (i = 1; i <= NF; i++) if ($i ~ /^"?--/) { gsub(/[";]/, "", $i); print $i } }' "$COMPLETION" | sort -u
+}
+nested_count=0
 for sub in $subcommands; do
 	section=$(man_section "$MAN/diskcrypt.8.md" "## $sub")
 	[[ -n "$section" ]] || fail "diskcrypt.8.md has no section '## $sub'"
 	[[ " $completion_commands " == *" $sub "* ]] || fail "the completion does not offer '$sub'"
-	from_help=$("$cli" "$sub" --help | help_options)
-	from_man=$(man_options <<<"$section")
-	from_completion=$(awk -v s="$sub" '$0 ~ "^    " s "[ |)]" || $0 ~ "\\| " s "\\)" {
-		for (i = 1; i <= NF; i++) if ($i ~ /^"?--/) { gsub(/[";]/, "", $i); print $i } }' "$COMPLETION" | sort -u)
-	while read -r opt; do
-		[[ -z "$opt" ]] && continue
-		grep -qx -- "$opt" <<<"$from_man" || fail "diskcrypt $sub $opt: not in diskcrypt.8.md"
-		grep -qx -- "$opt" <<<"$from_completion" || fail "diskcrypt $sub $opt: not in the completion"
-	done <<<"$from_help"
-	while read -r opt; do
-		[[ -z "$opt" ]] && continue
-		grep -qx -- "$opt" <<<"$from_help" || fail "diskcrypt.8.md: '$sub $opt' is not an option of diskcrypt $sub"
-	done <<<"$from_man"
-	while read -r opt; do
-		[[ -z "$opt" ]] && continue
-		grep -qx -- "$opt" <<<"$from_help" || fail "the completion offers '$sub $opt', not an option of diskcrypt $sub"
-	done <<<"$from_completion"
+	compare_options "$sub" "$("$cli" "$sub" --help | help_options)" "$(man_options <<<"$section")" \
+		"$(completion_options "$sub")"
+	# A subcommand with subcommands of its own (key): each has its section
+	# "### SUB NESTED" and its completion entry SUB-NESTED.
+	nested=$("$cli" "$sub" --help | awk '/^Subcommands:/ { on = 1; next } on && /^  [a-z]/ { print $1 } on && /^$/ { exit }')
+	for n in $nested; do
+		nested_count=$((nested_count + 1))
+		section=$(man_section "$MAN/diskcrypt.8.md" "### $sub $n")
+		[[ -n "$section" ]] || fail "diskcrypt.8.md has no section '### $sub $n'"
+		grep -qE "(^ *|\| )${sub}-${n}[ |)]" "$COMPLETION" || fail "the completion has no entry '$sub-$n'"
+		compare_options "$sub $n" "$("$cli" "$sub" "$n" --help | help_options)" "$(man_options <<<"$section")" \
+			"$(completion_options "$sub-$n")"
+	done
 done
 for sub in $completion_commands; do
 	grep -qx -- "$sub" <<<"$subcommands" || fail "the completion offers '$sub', not a subcommand"
@@ -98,4 +119,4 @@ if ((failures)); then
 	echo "check-docs: $failures problems" >&2
 	exit 1
 fi
-echo "check-docs: $(wc -w <<<"$subcommands") subcommands, their options and the exit statuses agree with the man pages and the completion"
+echo "check-docs: $(wc -w <<<"$subcommands") subcommands ($nested_count nested), their options and the exit statuses agree with the man pages and the completion"

@@ -297,14 +297,32 @@ std::string PyKmipServer::admin_ok(const std::vector<std::string>& args, const s
 std::string PyKmipServer::create_key(const std::string& name, bool activate,
                                      const std::optional<KmipIdentity>& as) const
 {
-    std::string uid = admin_ok({"create", name}, as);
-    if (uid.empty()) {
-        throw std::runtime_error("pykmip_admin.py create printed no UID");
-    }
+    return create_keys(name, 1, activate, false, as).front();
+}
+
+std::vector<std::string> PyKmipServer::create_keys(const std::string& name, int count, bool activate, bool same_second,
+                                                   const std::optional<KmipIdentity>& as) const
+{
+    std::vector<std::string> args{"create", name, "--count", std::to_string(count)};
     if (activate) {
-        this->activate(uid, as);
+        args.emplace_back("--activate");
     }
-    return uid;
+    if (same_second) {
+        args.emplace_back("--same-second");
+    }
+    const std::string out = admin_ok(args, as);
+    std::vector<std::string> uids;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        if (!line.empty()) {
+            uids.push_back(line);
+        }
+    }
+    if (uids.size() != static_cast<std::size_t>(count)) {
+        throw std::runtime_error("pykmip_admin.py create printed " + std::to_string(uids.size()) + " UIDs, not " +
+                                 std::to_string(count) + ": " + out);
+    }
+    return uids;
 }
 
 void PyKmipServer::activate(const std::string& uid, const std::optional<KmipIdentity>& as) const

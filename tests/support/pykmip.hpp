@@ -126,6 +126,12 @@ public:
     // are not unique), owned by `as`; Active unless `activate` is false.
     [[nodiscard]] std::string create_key(const std::string& name, bool activate = true,
                                          const std::optional<KmipIdentity>& as = std::nullopt) const;
+    // `count` such keys (1-10) in one run of the script; with `same_second`
+    // they all have the same Initial Date (whole seconds), which leaves the
+    // order of versions to their Unique Identifiers.
+    [[nodiscard]] std::vector<std::string> create_keys(const std::string& name, int count, bool activate = true,
+                                                       bool same_second = false,
+                                                       const std::optional<KmipIdentity>& as = std::nullopt) const;
     void activate(const std::string& uid, const std::optional<KmipIdentity>& as = std::nullopt) const;
     // Reason KEY_COMPROMISE (state Compromised, from Pre-Active or Active) or
     // CESSATION_OF_OPERATION (Deactivated; the key must be Active).

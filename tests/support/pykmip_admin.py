@@ -4,8 +4,12 @@
 Usage: pykmip_admin.py --host H --port P --cert C --key K --ca CA COMMAND ...
 
 Commands:
-  create NAME                       AES-256 key, usage Encrypt|Decrypt, Name NAME;
-                                    prints the new UID (the key is Pre-Active)
+  create NAME [--activate] [--count N] [--same-second]
+                                    N (default 1) AES-256 keys, usage Encrypt|Decrypt,
+                                    Name NAME; prints their UIDs, one a line. Pre-Active,
+                                    or Active with --activate. --same-second: all get
+                                    the same Initial Date (made at the start of a second,
+                                    and made again if the second turned meanwhile)
   activate UID
   revoke UID compromised|deactivated  reason KEY_COMPROMISE or CESSATION_OF_OPERATION
   destroy UID
@@ -20,6 +24,7 @@ Exit status: 0 on success, 1 when the server refuses or cannot be reached
 import argparse
 import logging
 import sys
+import time
 
 from kmip.core import enums
 from kmip.pie import client as pie_client
@@ -39,7 +44,11 @@ def parse_args(argv):
     parser.add_argument("--key", required=True)
     parser.add_argument("--ca", required=True)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("create").add_argument("name")
+    create = sub.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--activate", action="store_true")
+    create.add_argument("--count", type=int, default=1, choices=range(1, 11), metavar="N")
+    create.add_argument("--same-second", action="store_true")
     sub.add_parser("activate").add_argument("uid")
     revoke = sub.add_parser("revoke")
     revoke.add_argument("uid")
@@ -49,18 +58,49 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def run(args, kmip):
-    if args.command == "create":
-        uid = kmip.create(
+def create_keys(kmip, name, count):
+    return [
+        kmip.create(
             enums.CryptographicAlgorithm.AES,
             256,
-            name=args.name,
+            name=name,
             cryptographic_usage_mask=[
                 enums.CryptographicUsageMask.ENCRYPT,
                 enums.CryptographicUsageMask.DECRYPT,
             ],
         )
-        print(uid)
+        for _ in range(count)
+    ]
+
+
+def initial_date(kmip, uid):
+    _, attributes = kmip.get_attributes(uid, ["Initial Date"])
+    return [a.attribute_value.value for a in attributes if a.attribute_name.value == "Initial Date"]
+
+
+def create_same_second(kmip, name, count):
+    """Keys made within one second of the server's clock (the same host's)."""
+    for _ in range(5):
+        # The start of a second leaves the rest of it for the requests.
+        time.sleep(1.0 - (time.time() % 1.0))
+        uids = create_keys(kmip, name, count)
+        if len({tuple(initial_date(kmip, uid)) for uid in uids}) == 1:
+            return uids
+        for uid in uids:
+            kmip.destroy(uid)
+    raise RuntimeError("could not make {} keys within one second".format(count))
+
+
+def run(args, kmip):
+    if args.command == "create":
+        if args.same_second:
+            uids = create_same_second(kmip, args.name, args.count)
+        else:
+            uids = create_keys(kmip, args.name, args.count)
+        for uid in uids:
+            if args.activate:
+                kmip.activate(uid)
+            print(uid)
     elif args.command == "activate":
         kmip.activate(args.uid)
     elif args.command == "revoke":

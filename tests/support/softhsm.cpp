@@ -107,9 +107,10 @@ void SoftHsm::create_key(const KeySpec& spec)
     CK_BBOOL dec = spec.decrypt ? CK_TRUE : CK_FALSE;
     CK_BBOOL sens = spec.sensitive ? CK_TRUE : CK_FALSE;
     CK_BBOOL ext = spec.extractable ? CK_TRUE : CK_FALSE;
+    CK_BBOOL mod = spec.modifiable ? CK_TRUE : CK_FALSE;
     std::string id = spec.id;
     std::string label = spec.label;
-    std::array<CK_ATTRIBUTE, 11> tmpl{{
+    std::array<CK_ATTRIBUTE, 12> tmpl{{
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &type, sizeof(type)},
         {CKA_TOKEN, &yes, sizeof(yes)},
@@ -119,6 +120,7 @@ void SoftHsm::create_key(const KeySpec& spec)
         {CKA_DECRYPT, &dec, sizeof(dec)},
         {CKA_SENSITIVE, &sens, sizeof(sens)},
         {CKA_EXTRACTABLE, &ext, sizeof(ext)},
+        {CKA_MODIFIABLE, &mod, sizeof(mod)},
         {CKA_ID, id.data(), static_cast<CK_ULONG>(id.size())},
         {CKA_LABEL, label.data(), static_cast<CK_ULONG>(label.size())},
     }};

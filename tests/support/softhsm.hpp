@@ -22,6 +22,7 @@ struct KeySpec {
     bool decrypt = true;
     bool sensitive = true;
     bool extractable = false;
+    bool modifiable = true;  // CKA_MODIFIABLE (false: C_SetAttributeValue is refused)
     std::string label = "diskcrypt-test-key";
 };
 

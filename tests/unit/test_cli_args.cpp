@@ -540,3 +540,36 @@ TEST_CASE("cli: auto-attach and auto-detach take MAJ:MIN or a block device's pat
     CHECK_FALSE(parse({"auto-attach"}).args);
     CHECK(parse({"auto-attach"}).code == 2);
 }
+
+TEST_CASE("cli: key and check-keys", "[cli][keys]")
+{
+    for (const char* action : {"create", "rotate", "disable", "enable", "destroy"}) {
+        const Parsed k = parse({"key", action, "hsm:k1", "--user", "alice"});
+        REQUIRE(k.args.has_value());
+        CHECK(k.args->command == Command::key);
+        CHECK(k.args->key.action == action);
+        CHECK(k.args->key.key == std::optional<std::string>("hsm:k1"));
+        CHECK(k.args->key.user == "alice");
+        CHECK_FALSE(k.args->key.force);
+        CHECK_FALSE(k.args->key.provider.has_value());
+    }
+    CHECK(parse({"key", "destroy", "hsm:k1", "--user", "alice", "--force"}).args->key.force);
+    const Parsed l = parse({"--json", "key", "list", "hsm", "--user", "alice"});
+    REQUIRE(l.args.has_value());
+    CHECK(l.args->key.action == "list");
+    CHECK(l.args->key.provider == std::optional<std::string>("hsm"));
+    CHECK_FALSE(l.args->key.key.has_value());
+    CHECK_FALSE(parse({"key", "list", "--user", "alice"}).args->key.provider.has_value());
+    CHECK(parse({"check-keys"}).args->command == Command::check_keys);
+
+    for (const std::vector<std::string>& bad :
+         {std::vector<std::string>{"key"}, {"key", "create", "hsm:k1"}, {"key", "create", "--user", "alice"},
+          {"key", "frob", "hsm:k1", "--user", "alice"}, {"key", "create", "nocolon", "--user", "alice"},
+          {"key", "create", "hsm:k1", "--user", "bad user"}, {"key", "rotate", "hsm:k1", "--user", "a", "--force"},
+          {"key", "list", "Bad_Provider!", "--user", "alice"}, {"check-keys", "extra"}}) {
+        INFO(bad.size());
+        const Parsed p = parse(bad);
+        CHECK_FALSE(p.args.has_value());
+        CHECK(p.code == 2);
+    }
+}

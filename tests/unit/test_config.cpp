@@ -141,6 +141,39 @@ TEST_CASE("config: [audit] and lock_dir", "[config][audit]")
             "agent.toml:2: [agent] lock_dir: must be an absolute path (starting with '/')");
 }
 
+TEST_CASE("config: [revocation] mode, interval and the keys of each mode", "[config][revocation]")
+{
+    using diskcrypt::RevocationMode;
+    const AgentConfig d = parse_config(kProvider, "agent.toml");
+    CHECK(d.revocation.mode == RevocationMode::keep);
+    CHECK(d.revocation.interval == std::chrono::seconds(60));
+    CHECK(d.revocation.keys.empty());
+    const AgentConfig c = parse_config(kProvider +
+                                           "[revocation]\nmode = \"revoke\"\ninterval = 5\nkeep = [\"hsm:shared\"]\n"
+                                           "revoke = [\"hsm:disk-key\"]\n",
+                                       "agent.toml");
+    CHECK(c.revocation.mode == RevocationMode::revoke);
+    CHECK(c.revocation.interval == std::chrono::seconds(5));
+    CHECK(c.revocation.mode_for({"hsm", "shared", ""}) == RevocationMode::keep);
+    CHECK(c.revocation.mode_for({"hsm", "disk-key", "1"}) == RevocationMode::revoke);
+    CHECK(c.revocation.mode_for({"hsm", "other", ""}) == RevocationMode::revoke);
+    const AgentConfig k = parse_config(kProvider + "[revocation]\nrevoke = [\"hsm:disk-key\"]\n", "agent.toml");
+    CHECK(k.revocation.mode_for({"hsm", "disk-key", ""}) == RevocationMode::revoke);
+    CHECK(k.revocation.mode_for({"hsm", "other", ""}) == RevocationMode::keep);
+    refused(kProvider + "[revocation]\nmode = \"wipe\"\n",
+            "agent.toml:7: [revocation] mode: must be \"keep\" or \"revoke\", not \"wipe\"");
+    refused(kProvider + "[revocation]\ninterval = 0\n",
+            "agent.toml:7: [revocation] interval: must be at least 1 (seconds between key-state checks)");
+    refused(kProvider + "[revocation]\nrevoke = [\"kms:disk-key\"]\n",
+            "agent.toml:7: [revocation] revoke: key kms:disk-key names provider 'kms', which is not configured");
+    refused(kProvider + "[revocation]\nrevoke = [\"hsm:a\"]\nkeep = [\"hsm:a\"]\n",
+            "agent.toml:8: [revocation] keep: key hsm:a is listed twice (under revoke and keep, or twice in one)");
+    refused(kProvider + "[revocation]\nrevoke = [\"no-colon\"]\n",
+            "agent.toml:7: [revocation] revoke: invalid key 'no-colon': write it as PROVIDER:KEY_ID (for example "
+            "hsm:disk-key-01)");
+    refused(kProvider + "[revocation]\nperiod = 3\n", "agent.toml:7: [revocation]: unknown key 'period'");
+}
+
 TEST_CASE("config: defaults", "[config]")
 {
     const AgentConfig cfg = parse_config(kProvider, "agent.toml");
@@ -170,7 +203,7 @@ TEST_CASE("config: each error names its line and reason", "[config]")
         refused(kProvider + "[server]\nport = 1\n",
                 "agent.toml:6: unknown section 'server' (known: [agent], [audit], [auto_attach], [disk_types.TYPE], "
                 "[providers.NAME], "
-                "[recovery])");
+                "[recovery], [revocation])");
     }
     SECTION("unknown key in [agent]")
     {

@@ -251,14 +251,119 @@ TEST_CASE("kmip messages: requests carry KMIP 1.4, GCM and the caller's fields",
         const SecureBuffer ga = get_attributes_request("abc-1");
         const Item r1 = decode(ga.span());
         const Item& p1 = check_header(r1, Operation::get_attributes);
-        CHECK(p1.find_all(tag::attribute_name).size() == 4);
-        const SecureBuffer lo = locate_request("disk-key", 2);
+        CHECK(p1.get(tag::unique_identifier, Type::text).as_text() == "abc-1");
+        std::vector<std::string_view> names;
+        for (const Item* n : p1.find_all(tag::attribute_name)) {
+            CHECK(n->type == Type::text);
+            names.push_back(n->as_text());
+        }
+        CHECK(names == std::vector<std::string_view>{"State", "Cryptographic Algorithm", "Cryptographic Length",
+                                                     "Cryptographic Usage Mask", "Initial Date"});
+        const std::array<std::string_view, 2> two{attribute_name::name, attribute_name::state};
+        const SecureBuffer ga2 = get_attributes_request("9", two);
+        const Item r1b = decode(ga2.span());
+        const auto asked = check_header(r1b, Operation::get_attributes).find_all(tag::attribute_name);
+        REQUIRE(asked.size() == 2);
+        CHECK(asked[0]->as_text() == "Name");
+        CHECK(asked[1]->as_text() == "State");
+
+        const SecureBuffer lo = locate_request({"disk-key", std::nullopt}, 2);
         const Item r2 = decode(lo.span());
         const Item& p2 = check_header(r2, Operation::locate);
         CHECK(p2.get(tag::maximum_items, Type::integer).number == 2);
-        const Item& attr = p2.get(tag::attribute, Type::structure);
-        CHECK(attr.get(tag::attribute_name, Type::text).as_text() == "Name");
-        CHECK(attr.get(tag::attribute_value, Type::structure).get(tag::name_value, Type::text).as_text() == "disk-key");
+        CHECK(p2.find(tag::offset_items) == nullptr);
+        const auto attrs = p2.find_all(tag::attribute);
+        REQUIRE(attrs.size() == 2);
+        CHECK(attrs[0]->get(tag::attribute_name, Type::text).as_text() == "Object Type");
+        CHECK(attrs[0]->get(tag::attribute_value, Type::enumeration).as_enum() == kObjectTypeSymmetricKey);
+        CHECK(attrs[1]->get(tag::attribute_name, Type::text).as_text() == "Name");
+        const Item& name = attrs[1]->get(tag::attribute_value, Type::structure);
+        CHECK(name.get(tag::name_value, Type::text).as_text() == "disk-key");
+        CHECK(name.get(tag::name_type, Type::enumeration).as_enum() == kNameTypeUninterpretedText);
+    }
+    SECTION("Locate by Name and State, a later page, and of every symmetric key")
+    {
+        const SecureBuffer lo = locate_request({"disk-key", KeyState::active}, 250, 500);
+        const Item root = decode(lo.span());
+        const Item& p = check_header(root, Operation::locate);
+        REQUIRE(p.children.size() == 5);
+        // KMIP's order: Maximum Items, Offset Items, then the attributes.
+        CHECK(p.children[0].tag == tag::maximum_items);
+        CHECK(p.children[0].number == 250);
+        CHECK(p.children[1].tag == tag::offset_items);
+        CHECK(p.children[1].type == Type::integer);
+        CHECK(p.children[1].number == 500);
+        CHECK(p.children[2].get(tag::attribute_name, Type::text).as_text() == "Object Type");
+        CHECK(p.children[3].get(tag::attribute_name, Type::text).as_text() == "Name");
+        CHECK(p.children[4].get(tag::attribute_name, Type::text).as_text() == "State");
+        CHECK(p.children[4].get(tag::attribute_value, Type::enumeration).as_enum() == 2);
+
+        const SecureBuffer all = locate_request({}, 250);
+        const Item aroot = decode(all.span());
+        const Item& ap = check_header(aroot, Operation::locate);
+        const auto attrs = ap.find_all(tag::attribute);
+        REQUIRE(attrs.size() == 1);
+        CHECK(attrs[0]->get(tag::attribute_name, Type::text).as_text() == "Object Type");
+    }
+    SECTION("Create")
+    {
+        const SecureBuffer msg = create_request("disk-key");
+        const Item root = decode(msg.span());
+        const Item& p = check_header(root, Operation::create);
+        REQUIRE(p.children.size() == 2);
+        CHECK(p.children[0].tag == tag::object_type);
+        CHECK(p.children[0].type == Type::enumeration);
+        CHECK(p.children[0].as_enum() == kObjectTypeSymmetricKey);
+        const Item& t = p.get(tag::template_attribute, Type::structure);
+        const auto attrs = t.find_all(tag::attribute);
+        REQUIRE(attrs.size() == 4);
+        REQUIRE(t.children.size() == 4);
+        CHECK(attrs[0]->get(tag::attribute_name, Type::text).as_text() == "Cryptographic Algorithm");
+        CHECK(attrs[0]->get(tag::attribute_value, Type::enumeration).as_enum() == kAlgorithmAes);
+        CHECK(attrs[1]->get(tag::attribute_name, Type::text).as_text() == "Cryptographic Length");
+        CHECK(attrs[1]->get(tag::attribute_value, Type::integer).number == 256);
+        CHECK(attrs[2]->get(tag::attribute_name, Type::text).as_text() == "Cryptographic Usage Mask");
+        CHECK(attrs[2]->get(tag::attribute_value, Type::integer).number == (kUsageEncrypt | kUsageDecrypt));
+        CHECK(attrs[3]->get(tag::attribute_name, Type::text).as_text() == "Name");
+        const Item& name = attrs[3]->get(tag::attribute_value, Type::structure);
+        CHECK(name.get(tag::name_value, Type::text).as_text() == "disk-key");
+        CHECK(name.get(tag::name_type, Type::enumeration).as_enum() == kNameTypeUninterpretedText);
+        for (const Item* a : attrs) {
+            CHECK(a->children.size() == 2);  // no Attribute Index
+        }
+    }
+    SECTION("Activate, Revoke and Destroy")
+    {
+        const SecureBuffer act = activate_request("41");
+        const Item r1 = decode(act.span());
+        const Item& p1 = check_header(r1, Operation::activate);
+        REQUIRE(p1.children.size() == 1);
+        CHECK(p1.get(tag::unique_identifier, Type::text).as_text() == "41");
+        const SecureBuffer rev = revoke_request("42");
+        const Item r2 = decode(rev.span());
+        const Item& p2 = check_header(r2, Operation::revoke);
+        REQUIRE(p2.children.size() == 2);
+        CHECK(p2.children[0].tag == tag::unique_identifier);
+        CHECK(p2.children[0].as_text() == "42");
+        const Item& reason = p2.get(tag::revocation_reason, Type::structure);
+        REQUIRE(reason.children.size() == 1);
+        CHECK(reason.get(tag::revocation_reason_code, Type::enumeration).as_enum() == 6);  // Cessation of Operation
+        const SecureBuffer des = destroy_request("43");
+        const Item r3 = decode(des.span());
+        const Item& p3 = check_header(r3, Operation::destroy);
+        REQUIRE(p3.children.size() == 1);
+        CHECK(p3.get(tag::unique_identifier, Type::text).as_text() == "43");
+    }
+    SECTION("operation codes")
+    {
+        CHECK(static_cast<std::uint32_t>(Operation::create) == 0x01);
+        CHECK(static_cast<std::uint32_t>(Operation::activate) == 0x12);
+        CHECK(static_cast<std::uint32_t>(Operation::revoke) == 0x13);
+        CHECK(static_cast<std::uint32_t>(Operation::destroy) == 0x14);
+        CHECK(operation_name(Operation::create) == "Create");
+        CHECK(operation_name(Operation::activate) == "Activate");
+        CHECK(operation_name(Operation::revoke) == "Revoke");
+        CHECK(operation_name(Operation::destroy) == "Destroy");
     }
 }
 
@@ -310,6 +415,87 @@ TEST_CASE("kmip messages: responses parse, and wrong shapes are refused", "[kmip
         const auto bad = response(Operation::locate, 0, {Item::text(tag::unique_identifier, "a\nb")});
         const Item broot = decode(bad);
         CHECK_THROWS_AS(parse_locate(parse_response(broot, Operation::locate)), DecodeError);
+    }
+    SECTION("Create, Activate, Revoke and Destroy answers")
+    {
+        const auto parse_create_of = [](std::vector<Item> payload) {
+            const auto msg = response(Operation::create, 0, std::move(payload));
+            const Item root = decode(msg);
+            return parse_create(parse_response(root, Operation::create));
+        };
+        CHECK(parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                               Item::text(tag::unique_identifier, "17"),
+                               Item::structure(tag::template_attribute, {})}) == "17");
+        CHECK_THROWS_WITH(parse_create_of({Item::text(tag::unique_identifier, "17")}),
+                          Catch::Contains("0 Object Type items"));
+        CHECK_THROWS_WITH(
+            parse_create_of({Item::enumeration(tag::object_type, 3), Item::text(tag::unique_identifier, "17")}),
+            Catch::Contains("not a Symmetric Key"));
+        CHECK_THROWS_WITH(
+            parse_create_of({Item::integer(tag::object_type, 2), Item::text(tag::unique_identifier, "17")}),
+            Catch::Contains("Object Type that is a"));
+        CHECK_THROWS_WITH(parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey)}),
+                          Catch::Contains("0 Unique Identifier items"));
+        CHECK_THROWS_WITH(
+            parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                             Item::text(tag::unique_identifier, "17"), Item::text(tag::unique_identifier, "18")}),
+            Catch::Contains("2 Unique Identifier items"));
+        CHECK_THROWS_WITH(parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                                           Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                                           Item::text(tag::unique_identifier, "17")}),
+                          Catch::Contains("2 Object Type items"));
+        const std::array<std::uint8_t, 2> raw{'1', '7'};
+        CHECK_THROWS_WITH(parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                                           Item::bytes(tag::unique_identifier, raw)}),
+                          Catch::Contains("not a text string"));
+        // Empty, not printable, longer than 128 bytes.
+        for (const std::string& bad : {std::string(), std::string("a\x1b[31m"), std::string(129, 'x')}) {
+            CHECK_THROWS_AS(parse_create_of({Item::enumeration(tag::object_type, kObjectTypeSymmetricKey),
+                                             Item::text(tag::unique_identifier, bad)}),
+                            DecodeError);
+        }
+
+        for (const Operation op : {Operation::activate, Operation::revoke, Operation::destroy}) {
+            CAPTURE(operation_name(op));
+            const auto answer = [op](std::vector<Item> payload) { return response(op, 0, std::move(payload)); };
+            const auto ok = answer({Item::text(tag::unique_identifier, "5")});
+            const Item ok_root = decode(ok);
+            CHECK_NOTHROW(parse_unique_identifier(parse_response(ok_root, op), "5"));
+            CHECK_THROWS_WITH(parse_unique_identifier(parse_response(ok_root, op), "6"),
+                              Catch::Contains("names object 5, not 6"));
+            const auto none = answer({});
+            const Item none_root = decode(none);
+            CHECK_THROWS_WITH(parse_unique_identifier(parse_response(none_root, op), "5"),
+                              Catch::Contains("0 Unique Identifier items"));
+            const auto two = answer({Item::text(tag::unique_identifier, "5"), Item::text(tag::unique_identifier, "5")});
+            const Item two_root = decode(two);
+            CHECK_THROWS_AS(parse_unique_identifier(parse_response(two_root, op), "5"), DecodeError);
+            const auto typed = answer({Item::integer(tag::unique_identifier, 5)});
+            const Item typed_root = decode(typed);
+            CHECK_THROWS_WITH(parse_unique_identifier(parse_response(typed_root, op), "5"),
+                              Catch::Contains("not a text string"));
+            const auto empty = answer({Item::text(tag::unique_identifier, "")});
+            const Item empty_root = decode(empty);
+            CHECK_THROWS_AS(parse_unique_identifier(parse_response(empty_root, op), ""), DecodeError);
+            // An answer to another operation is refused before the payload is read.
+            CHECK_THROWS_WITH(parse_response(ok_root, Operation::create), Catch::Contains("not to Create"));
+        }
+    }
+    SECTION("Initial Date is a Date-Time")
+    {
+        const auto attr = [](std::string_view name, Item v) {
+            v.tag = tag::attribute_value;
+            return Item::structure(tag::attribute, {Item::text(tag::attribute_name, name), std::move(v)});
+        };
+        const auto msg = response(Operation::get_attributes, 0, {attr("Initial Date", Item::date_time(0, 1764780000))});
+        const Item root = decode(msg);
+        const Attributes a = parse_get_attributes(parse_response(root, Operation::get_attributes));
+        CHECK(a.initial_date == 1764780000);
+        CHECK(a.state == KeyState::unknown);
+        const auto bad = response(Operation::get_attributes, 0, {attr("Initial Date", Item::integer(0, 17))});
+        const Item broot = decode(bad);
+        CHECK_THROWS_WITH(parse_get_attributes(parse_response(broot, Operation::get_attributes)),
+                          Catch::Contains("'Initial Date' is a"));
     }
     SECTION("a failure keeps the reason and a printable message")
     {
@@ -385,6 +571,67 @@ TEST_CASE("kmip messages: responses captured from PyKMIP 0.10 parse as expected"
     const Response nr = parse_response(noauth_root, Operation::get_attributes);
     CHECK(nr.reason == reason::authentication_not_successful);
     CHECK(map_result(nr, ctx, KeyState::unknown).code() == Errc::kms_auth);
+
+    // The key lifecycle (PyKMIP numbers its objects: "1" was created, then activated, revoked, destroyed).
+    const auto created = load("pykmip-create-aes-256-symmetric-key-with-a-name");
+    const Item created_root = decode(created);
+    CHECK(parse_create(parse_response(created_root, Operation::create)) == "1");
+    for (const auto& [file, op] :
+         {std::pair{"pykmip-activate-of-a-pre-active-key", Operation::activate},
+          std::pair{"pykmip-revoke-cessation-of-operation-of-an-active-key", Operation::revoke},
+          std::pair{"pykmip-destroy-of-a-deactivated-key", Operation::destroy}}) {
+        CAPTURE(file);
+        const auto msg = load(file);
+        const Item root = decode(msg);
+        const Response r = parse_response(root, op);
+        CHECK(r.status == ResultStatus::success);
+        CHECK_NOTHROW(parse_unique_identifier(r, "1"));
+        CHECK_THROWS_AS(parse_unique_identifier(r, "2"), DecodeError);
+        CHECK_THROWS_AS(parse_response(root, Operation::encrypt), DecodeError);
+    }
+    const auto key_attrs = load("pykmip-getattributes-key-attributes-and-initial-date");
+    const Item key_attrs_root = decode(key_attrs);
+    const Attributes ka = parse_get_attributes(parse_response(key_attrs_root, Operation::get_attributes));
+    CHECK(ka.state == KeyState::active);
+    REQUIRE(ka.initial_date.has_value());
+    CHECK(*ka.initial_date > 1700000000);
+    CHECK(ka.length == 256);
+    const auto listed = load("pykmip-getattributes-name-state-initial-date-algorithm");
+    const Item listed_root = decode(listed);
+    const Attributes la = parse_get_attributes(parse_response(listed_root, Operation::get_attributes));
+    CHECK(la.names == std::vector<std::string>{"disk-key"});
+    CHECK(la.initial_date.has_value());
+    CHECK(la.state == KeyState::active);
+    const auto revoked = load("pykmip-getattributes-state-of-a-deactivated-key");
+    const Item revoked_root = decode(revoked);
+    CHECK(parse_get_attributes(parse_response(revoked_root, Operation::get_attributes)).state == KeyState::deactivated);
+    const auto none = load("pykmip-locate-by-name-and-state-active-matching-none");
+    const Item none_root = decode(none);
+    CHECK(parse_locate(parse_response(none_root, Operation::locate)).empty());
+    const auto two = load("pykmip-locate-by-name-and-state-active-matching-two");
+    const Item two_root = decode(two);
+    CHECK(parse_locate(parse_response(two_root, Operation::locate)) == std::vector<std::string>{"1", "2"});
+
+    // PyKMIP's refusals of lifecycle operations, read with the object's state.
+    const Context one{"kms", "127.0.0.1:5696", "diskcrypt-agent", "disk-key", "1"};
+    const auto reactivate = load("pykmip-activate-of-a-deactivated-key-permission-denied");
+    const Item reactivate_root = decode(reactivate);
+    const Response ra = parse_response(reactivate_root, Operation::activate);
+    CHECK(ra.reason == reason::permission_denied);
+    const Error ea = map_result(ra, one, KeyState::deactivated);
+    CHECK(ea.code() == Errc::kms_key);
+    CHECK_THAT(ea.what(), Catch::Contains("is deactivated, not pre-active") &&
+                              Catch::Contains("The object state is not pre-active and cannot be activated."));
+    const auto rerevoke = load("pykmip-revoke-of-a-deactivated-key-illegal-operation");
+    const Item rerevoke_root = decode(rerevoke);
+    const Response rr = parse_response(rerevoke_root, Operation::revoke);
+    CHECK(rr.reason == reason::illegal_operation);
+    CHECK(map_result(rr, one, KeyState::unknown).code() == Errc::kms_key);
+    const auto destroy_active = load("pykmip-destroy-of-an-active-key-permission-denied");
+    const Item destroy_active_root = decode(destroy_active);
+    const Response rd = parse_response(destroy_active_root, Operation::destroy);
+    CHECK(rd.reason == reason::permission_denied);
+    CHECK_THAT(map_result(rd, one, KeyState::active).what(), Catch::Contains("refused Destroy"));
 }
 
 TEST_CASE("kmip results map to specific errors", "[kmip]")
@@ -421,6 +668,85 @@ TEST_CASE("kmip results map to specific errors", "[kmip]")
     const Error other = map_result(failed(Operation::encrypt, 0x4242), ctx, KeyState::unknown);
     CHECK(other.code() == Errc::kms_unavailable);
     CHECK_THAT(other.what(), Catch::Contains("reason 0x4242"));
+}
+
+TEST_CASE("kmip results of key lifecycle operations map to specific errors", "[kmip]")
+{
+    const Context ctx{"kms", "127.0.0.1:5696", "diskcrypt-agent", "disk-key", "7"};
+    const auto failed = [](Operation op, std::uint32_t reason) {
+        Response r;
+        r.operation = op;
+        r.status = ResultStatus::operation_failed;
+        r.reason = reason;
+        r.message = "server text";
+        return r;
+    };
+    // PyKMIP answers Activate of an object that is not Pre-Active with Permission Denied.
+    const Error reactivate =
+        map_result(failed(Operation::activate, reason::permission_denied), ctx, KeyState::deactivated);
+    CHECK(reactivate.code() == Errc::kms_key);
+    CHECK_THAT(reactivate.what(), Catch::Contains("refused Activate: key 'disk-key' (KMIP object 7) is deactivated, "
+                                                  "not pre-active") &&
+                                      Catch::Contains("server text"));
+    CHECK_THAT(reactivate.hint(), Catch::Contains("rotate"));
+    const Error denied = map_result(failed(Operation::activate, reason::permission_denied), ctx, KeyState::pre_active);
+    CHECK(denied.code() == Errc::kms_auth);
+    CHECK_THAT(denied.what(), Catch::Contains("denied client 'diskcrypt-agent' the Activate of key 'disk-key'"));
+    CHECK_THAT(denied.hint(), Catch::Contains("activate keys") && Catch::Contains("operation policy"));
+    Context create_ctx = ctx;
+    create_ctx.uid.clear();
+    const Error no_create =
+        map_result(failed(Operation::create, reason::permission_denied), create_ctx, KeyState::unknown);
+    CHECK(no_create.code() == Errc::kms_auth);
+    CHECK_THAT(no_create.what(), Catch::Contains("the Create of key 'disk-key' (Permission Denied"));
+    CHECK_THAT(no_create.hint(), Catch::Contains("create keys"));
+    const Error revoke_pre =
+        map_result(failed(Operation::revoke, reason::illegal_operation), ctx, KeyState::pre_active);
+    CHECK(revoke_pre.code() == Errc::kms_key);
+    CHECK_THAT(revoke_pre.what(), Catch::Contains("refused Revoke: key 'disk-key' (KMIP object 7) is pre-active, not "
+                                                  "active"));
+    const Error destroy_active =
+        map_result(failed(Operation::destroy, reason::permission_denied), ctx, KeyState::active);
+    CHECK(destroy_active.code() == Errc::kms_key);
+    CHECK_THAT(destroy_active.what(), Catch::Contains("refused Destroy: key 'disk-key' (KMIP object 7) is active"));
+    const Error illegal = map_result(failed(Operation::revoke, reason::illegal_operation), ctx, KeyState::unknown);
+    CHECK(illegal.code() == Errc::kms_key);
+    CHECK_THAT(illegal.hint(), Catch::Contains("state does not allow Revoke"));
+    for (const Operation op : {Operation::create, Operation::activate, Operation::revoke, Operation::destroy}) {
+        CAPTURE(operation_name(op));
+        CHECK(map_result(failed(op, reason::operation_not_supported), ctx, KeyState::unknown).code() ==
+              Errc::not_supported);
+        CHECK(map_result(failed(op, reason::invalid_field), ctx, KeyState::unknown).code() == Errc::kms_unavailable);
+        CHECK(map_result(failed(op, reason::item_not_found), ctx, KeyState::unknown).code() == Errc::kms_key);
+        CHECK(map_result(failed(op, reason::general_failure), ctx, KeyState::unknown).code() == Errc::kms_unavailable);
+    }
+    // Encrypt and Decrypt keep their mapping.
+    CHECK(map_result(failed(Operation::decrypt, reason::operation_not_supported), ctx, KeyState::unknown).code() ==
+          Errc::kms_unavailable);
+    // A listing has no key id: the object alone is named.
+    const Context list_ctx{"kms", "127.0.0.1:5696", "diskcrypt-agent", "", "12"};
+    const Error listed =
+        map_result(failed(Operation::get_attributes, reason::permission_denied), list_ctx, KeyState::unknown);
+    CHECK_THAT(listed.what(), Catch::Contains("the Get Attributes of KMIP object 12 ("));
+}
+
+TEST_CASE("kmip versions with the same Initial Date are ordered by Unique Identifier", "[kmip]")
+{
+    CHECK(compare_unique_identifiers("9", "10") < 0);
+    CHECK(compare_unique_identifiers("10", "9") > 0);
+    CHECK(compare_unique_identifiers("10", "10") == 0);
+    CHECK(compare_unique_identifiers("100", "99") > 0);
+    // Numerically equal: still a total order (by length, then bytes).
+    CHECK(compare_unique_identifiers("07", "7") > 0);
+    CHECK(compare_unique_identifiers("7", "07") < 0);
+    CHECK(compare_unique_identifiers("0", "00") < 0);
+    // Not all digits: by length, then bytewise.
+    CHECK(compare_unique_identifiers("b", "aa") < 0);
+    CHECK(compare_unique_identifiers("abc", "abd") < 0);
+    CHECK(compare_unique_identifiers("9", "a1") < 0);
+    CHECK(compare_unique_identifiers("z", "9") > 0);
+    CHECK(compare_unique_identifiers("0fa4c3e2-1", "0fa4c3e2-1") == 0);
+    CHECK(compare_unique_identifiers("", "1") < 0);
 }
 
 TEST_CASE("kmip endpoints parse with their port", "[kmip]")

@@ -20,11 +20,17 @@
 //   failure_memory       seconds an endpoint that failed is tried after the
 //                        others (0-3600, default 30)
 //
-// Keys: a diskcrypt key id is the KMIP Name of an AES-256 symmetric key on the
-// servers (Locate by Name must find exactly one object the client may see);
-// the key version is that object's Unique Identifier, so an unwrap goes
-// straight to Decrypt (one round trip). The associated data binds the key id
-// and version, so a header naming another object does not unwrap.
+// Keys: a diskcrypt key id is a KMIP Name; every Symmetric Key the client may
+// see that carries the Name is one version of the key, and a version is the
+// object's Unique Identifier (written into each disk header), so an unwrap
+// goes straight to Decrypt (one round trip). The primary version, which new
+// wraps use, is the newest by Initial Date, ties going to the larger Unique
+// Identifier (compare_unique_identifiers). The associated data binds the key
+// id and version, so a header naming another object does not unwrap. The
+// provider creates (Create + Activate), rotates (another object under the
+// Name), disables (Revoke), enables (Activate of Pre-Active versions only:
+// KMIP never reactivates a revoked object) and destroys (Revoke + Destroy)
+// keys; agent/README.md, "KMIP", has the whole scheme.
 //
 // What a KMIP server must enforce, which diskcrypt cannot: that the client
 // may Encrypt and Decrypt with the key but never Get its value. PyKMIP 0.10
@@ -52,8 +58,14 @@ struct Context {
 };
 
 // The one place a KMIP result that is not success becomes an Error: by the
-// reason and the operation, and, for a refused Encrypt/Decrypt, by the key's
-// state when Get Attributes could tell it (KeyState::unknown otherwise).
+// reason and the operation, and, for a refused Encrypt, Decrypt, Activate,
+// Revoke or Destroy, by the object's state when Get Attributes could tell it
+// (KeyState::unknown otherwise).
 Error map_result(const Response& r, const Context& ctx, KeyState state);
+
+// The order of versions with the same Initial Date: <0, 0 or >0 as `a` is
+// older than, the same as or newer than `b`. Numerically when both are all
+// digits (PyKMIP numbers its objects), otherwise by length, then bytewise.
+int compare_unique_identifiers(std::string_view a, std::string_view b);
 
 }  // namespace diskcrypt::kms::kmip

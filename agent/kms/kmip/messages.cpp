@@ -1,6 +1,7 @@
 #include "agent/kms/kmip/messages.hpp"
 
 #include <array>
+#include <utility>
 
 #include "agent/text.hpp"
 
@@ -14,8 +15,9 @@ constexpr std::int32_t kGcmTagLength = 16;  // bytes (KMIP Tag Length)
 constexpr std::size_t kMaxUid = 128;
 constexpr std::size_t kMaxMessageText = 512;
 
-constexpr std::array<std::string_view, 4> kAttributeNames{"State", "Cryptographic Algorithm", "Cryptographic Length",
-                                                          "Cryptographic Usage Mask"};
+constexpr std::array<std::string_view, 5> kKeyAttributes{attribute_name::state, attribute_name::algorithm,
+                                                         attribute_name::length, attribute_name::usage_mask,
+                                                         attribute_name::initial_date};
 
 SecureBuffer request(Operation op, std::vector<Item> payload)
 {
@@ -40,19 +42,77 @@ Item gcm_parameters()
                             Item::integer(tag::tag_length, kGcmTagLength)});
 }
 
+// An Attribute as requests carry it: its name and value (the value's tag is
+// Attribute Value whatever its type).
+Item attribute(std::string_view name, Item value)
+{
+    value.tag = tag::attribute_value;
+    return Item::structure(tag::attribute, {Item::text(tag::attribute_name, name), std::move(value)});
+}
+
+Item name_attribute(std::string_view name)
+{
+    return attribute(
+        attribute_name::name,
+        Item::structure(tag::attribute_value, {Item::text(tag::name_value, name),
+                                               Item::enumeration(tag::name_type, kNameTypeUninterpretedText)}));
+}
+
 std::string printable_text(const Item& item, std::size_t max) { return printable(item.as_text(), max); }
 
 [[noreturn]] void shape(const std::string& why) { throw DecodeError("unexpected KMIP response: " + why); }
+
+// A Unique Identifier a server sent: a non-empty printable ASCII string of at
+// most kMaxUid bytes.
+std::string unique_identifier(const Item& uid)
+{
+    if (uid.type != Type::text) {
+        shape("a Unique Identifier that is not a text string");
+    }
+    const std::string_view text = uid.as_text();
+    if (text.empty() || text.size() > kMaxUid || !is_printable(text)) {
+        shape("a Unique Identifier that is empty, longer than " + std::to_string(kMaxUid) +
+              " bytes or not printable ASCII");
+    }
+    return std::string(text);
+}
+
+// The payload's one item with this tag and type (DecodeError when there is
+// none, or more than one).
+const Item& only(const Response& r, std::uint32_t t, std::string_view what)
+{
+    const auto all = r.payload->find_all(t);
+    if (all.size() != 1) {
+        shape(std::to_string(all.size()) + " " + std::string(what) + " items in the answer to " +
+              std::string(operation_name(r.operation)) + "; one was expected");
+    }
+    return *all.front();
+}
+
+SecureBuffer uid_request(Operation op, std::string_view uid)
+{
+    std::vector<Item> p;
+    p.push_back(Item::text(tag::unique_identifier, uid));
+    return request(op, std::move(p));
+}
 
 }  // namespace
 
 std::string_view operation_name(Operation op)
 {
     switch (op) {
+        case Operation::create:
+            return "Create";
         case Operation::locate:
             return "Locate";
         case Operation::get_attributes:
             return "Get Attributes";
+        case Operation::activate:
+            return "Activate";
+        case Operation::revoke:
+            return "Revoke";
+        case Operation::destroy:
+            return "Destroy";
         case Operation::encrypt:
             return "Encrypt";
         case Operation::decrypt:
@@ -152,26 +212,61 @@ SecureBuffer decrypt_request(std::string_view uid, std::span<const std::uint8_t>
     return request(Operation::decrypt, std::move(p));
 }
 
-SecureBuffer get_attributes_request(std::string_view uid)
+SecureBuffer get_attributes_request(std::string_view uid) { return get_attributes_request(uid, kKeyAttributes); }
+
+SecureBuffer get_attributes_request(std::string_view uid, std::span<const std::string_view> names)
 {
     std::vector<Item> p;
     p.push_back(Item::text(tag::unique_identifier, uid));
-    for (const std::string_view name : kAttributeNames) {
+    for (const std::string_view name : names) {
         p.push_back(Item::text(tag::attribute_name, name));
     }
     return request(Operation::get_attributes, std::move(p));
 }
 
-SecureBuffer locate_request(std::string_view name, std::uint32_t max_items)
+SecureBuffer locate_request(const LocateFilter& filter, std::uint32_t max_items, std::uint32_t offset)
 {
     std::vector<Item> p;
     p.push_back(Item::integer(tag::maximum_items, static_cast<std::int32_t>(max_items)));
-    p.push_back(Item::structure(
-        tag::attribute, {Item::text(tag::attribute_name, "Name"),
-                         Item::structure(tag::attribute_value,
-                                         {Item::text(tag::name_value, name), Item::enumeration(tag::name_type, 1)})}));
+    if (offset != 0) {
+        p.push_back(Item::integer(tag::offset_items, static_cast<std::int32_t>(offset)));
+    }
+    p.push_back(attribute(attribute_name::object_type, Item::enumeration(0, kObjectTypeSymmetricKey)));
+    if (filter.name) {
+        p.push_back(name_attribute(*filter.name));
+    }
+    if (filter.state) {
+        p.push_back(attribute(attribute_name::state, Item::enumeration(0, static_cast<std::uint32_t>(*filter.state))));
+    }
     return request(Operation::locate, std::move(p));
 }
+
+SecureBuffer create_request(std::string_view name)
+{
+    std::vector<Item> attributes;
+    attributes.push_back(attribute(attribute_name::algorithm, Item::enumeration(0, kAlgorithmAes)));
+    attributes.push_back(attribute(attribute_name::length, Item::integer(0, kKeyBits)));
+    attributes.push_back(attribute(attribute_name::usage_mask,
+                                   Item::integer(0, static_cast<std::int32_t>(kUsageEncrypt | kUsageDecrypt))));
+    attributes.push_back(name_attribute(name));
+    std::vector<Item> p;
+    p.push_back(Item::enumeration(tag::object_type, kObjectTypeSymmetricKey));
+    p.push_back(Item::structure(tag::template_attribute, std::move(attributes)));
+    return request(Operation::create, std::move(p));
+}
+
+SecureBuffer activate_request(std::string_view uid) { return uid_request(Operation::activate, uid); }
+
+SecureBuffer revoke_request(std::string_view uid)
+{
+    std::vector<Item> p;
+    p.push_back(Item::text(tag::unique_identifier, uid));
+    p.push_back(Item::structure(tag::revocation_reason,
+                                {Item::enumeration(tag::revocation_reason_code, kRevocationCessationOfOperation)}));
+    return request(Operation::revoke, std::move(p));
+}
+
+SecureBuffer destroy_request(std::string_view uid) { return uid_request(Operation::destroy, uid); }
 
 Response parse_response(const Item& root, Operation expected)
 {
@@ -267,6 +362,9 @@ Attributes parse_get_attributes(const Response& r)
         } else if (name == "Cryptographic Usage Mask") {
             expect(Type::integer);
             a.usage_mask = static_cast<std::int32_t>(value->number);
+        } else if (name == "Initial Date") {
+            expect(Type::date_time);
+            a.initial_date = value->number;
         } else if (name == "Name") {
             expect(Type::structure);
             a.names.push_back(printable_text(value->get(tag::name_value, Type::text), kMaxUid));
@@ -279,17 +377,30 @@ std::vector<std::string> parse_locate(const Response& r)
 {
     std::vector<std::string> out;
     for (const Item* uid : r.payload->find_all(tag::unique_identifier)) {
-        if (uid->type != Type::text) {
-            shape("a Unique Identifier that is not a text string");
-        }
-        const std::string_view text = uid->as_text();
-        if (text.empty() || text.size() > kMaxUid || !is_printable(text)) {
-            shape("a Unique Identifier that is empty, longer than " + std::to_string(kMaxUid) +
-                  " bytes or not printable ASCII");
-        }
-        out.emplace_back(text);
+        out.push_back(unique_identifier(*uid));
     }
     return out;
+}
+
+std::string parse_create(const Response& r)
+{
+    const Item& type = only(r, tag::object_type, "Object Type");
+    if (type.type != Type::enumeration) {
+        shape("an Object Type that is a " + std::string(type_name(type.type)));
+    }
+    if (type.as_enum() != kObjectTypeSymmetricKey) {
+        shape("a created object of type " + std::to_string(type.as_enum()) + ", not a Symmetric Key");
+    }
+    return unique_identifier(only(r, tag::unique_identifier, "Unique Identifier"));
+}
+
+void parse_unique_identifier(const Response& r, std::string_view uid)
+{
+    const std::string got = unique_identifier(only(r, tag::unique_identifier, "Unique Identifier"));
+    if (got != uid) {
+        shape("the answer to " + std::string(operation_name(r.operation)) + " names object " + got + ", not " +
+              printable(uid, kMaxUid));
+    }
 }
 
 }  // namespace diskcrypt::kms::kmip

@@ -5,8 +5,15 @@
 //                       associated data and a 16-byte tag (fields that exist
 //                       only from KMIP 1.4 on: every request says 1.4)
 //   Get Attributes      State, Cryptographic Algorithm, Cryptographic Length,
-//                       Cryptographic Usage Mask
-//   Locate              by Name
+//                       Cryptographic Usage Mask, Initial Date (or the names
+//                       the caller lists, e.g. Name)
+//   Locate              Symmetric Keys by Name and/or State, a page at a time
+//                       (Maximum Items, Offset Items)
+//   Create              an AES-256 Symmetric Key (usage Encrypt|Decrypt) with
+//                       a Name
+//   Activate            Pre-Active to Active
+//   Revoke              reason Cessation of Operation: Active to Deactivated
+//   Destroy             by Unique Identifier
 //
 // Response parsing checks the message shape (the protocol version, one batch
 // item, the operation asked for) and types of every field read, and returns
@@ -26,8 +33,12 @@
 namespace diskcrypt::kms::kmip {
 
 enum class Operation : std::uint32_t {
+    create = 0x01,
     locate = 0x08,
     get_attributes = 0x0B,
+    activate = 0x12,
+    revoke = 0x13,
+    destroy = 0x14,
     encrypt = 0x1F,
     decrypt = 0x20,
 };
@@ -74,6 +85,28 @@ inline constexpr std::uint32_t kAlgorithmAes = 0x03;
 inline constexpr std::uint32_t kModeGcm = 0x09;
 inline constexpr std::uint32_t kUsageEncrypt = 0x04;
 inline constexpr std::uint32_t kUsageDecrypt = 0x08;
+inline constexpr std::uint32_t kObjectTypeSymmetricKey = 0x02;
+inline constexpr std::uint32_t kNameTypeUninterpretedText = 0x01;
+inline constexpr std::uint32_t kRevocationCessationOfOperation = 0x06;
+inline constexpr std::int32_t kKeyBits = 256;
+
+// Attribute names diskcrypt asks for (KMIP 1.4, section 3).
+namespace attribute_name {
+inline constexpr std::string_view state = "State";
+inline constexpr std::string_view algorithm = "Cryptographic Algorithm";
+inline constexpr std::string_view length = "Cryptographic Length";
+inline constexpr std::string_view usage_mask = "Cryptographic Usage Mask";
+inline constexpr std::string_view initial_date = "Initial Date";
+inline constexpr std::string_view name = "Name";
+inline constexpr std::string_view object_type = "Object Type";
+}  // namespace attribute_name
+
+// What a Locate matches: Symmetric Keys, with this Name and in this State
+// when given (all conditions must hold).
+struct LocateFilter {
+    std::optional<std::string_view> name;
+    std::optional<KeyState> state;
+};
 
 // Requests, encoded into locked memory.
 SecureBuffer encrypt_request(std::string_view uid, std::span<const std::uint8_t> iv,
@@ -81,8 +114,20 @@ SecureBuffer encrypt_request(std::string_view uid, std::span<const std::uint8_t>
 SecureBuffer decrypt_request(std::string_view uid, std::span<const std::uint8_t> iv,
                              std::span<const std::uint8_t> ciphertext, std::span<const std::uint8_t> ad,
                              std::span<const std::uint8_t> tag);
+// State, Cryptographic Algorithm, Length, Usage Mask and Initial Date.
 SecureBuffer get_attributes_request(std::string_view uid);
-SecureBuffer locate_request(std::string_view name, std::uint32_t max_items);
+// The attributes named (at least one).
+SecureBuffer get_attributes_request(std::string_view uid, std::span<const std::string_view> names);
+// At most `max_items` identifiers, after skipping `offset` (Offset Items is
+// sent only when it is not 0).
+SecureBuffer locate_request(const LocateFilter& filter, std::uint32_t max_items, std::uint32_t offset = 0);
+// A Symmetric Key: AES, 256 bits, usage mask Encrypt|Decrypt, Name `name`
+// (Uninterpreted Text String); the server makes it Pre-Active.
+SecureBuffer create_request(std::string_view name);
+SecureBuffer activate_request(std::string_view uid);
+// Revocation Reason Code Cessation of Operation: Active becomes Deactivated.
+SecureBuffer revoke_request(std::string_view uid);
+SecureBuffer destroy_request(std::string_view uid);
 
 // A decoded response: the items refer to the message buffer.
 struct Response {
@@ -109,7 +154,8 @@ struct DecryptResult {
 DecryptResult parse_decrypt(const Response& r);
 
 struct Attributes {
-    KeyState state = KeyState::unknown;
+    KeyState state = KeyState::unknown;        // also when the server sent none
+    std::optional<std::int64_t> initial_date;  // seconds since the epoch
     std::optional<std::uint32_t> algorithm;
     std::optional<std::int32_t> length;
     std::optional<std::int32_t> usage_mask;
@@ -120,5 +166,13 @@ Attributes parse_get_attributes(const Response& r);
 // Unique identifiers, printable(); DecodeError for one that is not a
 // non-empty printable ASCII string of at most 128 bytes.
 std::vector<std::string> parse_locate(const Response& r);
+
+// Create's answer: exactly one Object Type, which must be Symmetric Key, and
+// exactly one Unique Identifier (checked as parse_locate does); returns it.
+std::string parse_create(const Response& r);
+
+// The answer to Activate, Revoke or Destroy: exactly one Unique Identifier
+// (checked as parse_locate does), which must be `uid`, the object asked about.
+void parse_unique_identifier(const Response& r, std::string_view uid);
 
 }  // namespace diskcrypt::kms::kmip
