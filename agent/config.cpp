@@ -411,7 +411,8 @@ void parse_revocation_section(ConfigSection& s, AgentConfig& cfg)
         }
         r.interval = std::chrono::seconds(*interval);
     }
-    for (const auto& [list, mode] : {std::pair{"revoke", RevocationMode::revoke}, std::pair{"keep", RevocationMode::keep}}) {
+    for (const auto& [list, mode] :
+         {std::pair{"revoke", RevocationMode::revoke}, std::pair{"keep", RevocationMode::keep}}) {
         for (const std::string& spec : s.optional_string_list(list).value_or(std::vector<std::string>{})) {
             KeyRef key;
             try {
@@ -420,11 +421,12 @@ void parse_revocation_section(ConfigSection& s, AgentConfig& cfg)
                 throw s.error_at(list, e.what());
             }
             if (cfg.provider(key.provider) == nullptr) {
-                throw s.error_at(list, "key " + key.spec() + " names provider '" + key.provider +
-                                           "', which is not configured");
+                throw s.error_at(
+                    list, "key " + key.spec() + " names provider '" + key.provider + "', which is not configured");
             }
             if (!r.keys.emplace(key.spec(), mode).second) {
-                throw s.error_at(list, "key " + key.spec() + " is listed twice (under revoke and keep, or twice in one)");
+                throw s.error_at(list,
+                                 "key " + key.spec() + " is listed twice (under revoke and keep, or twice in one)");
             }
         }
     }

@@ -351,13 +351,14 @@ std::optional<Arguments> parse_arguments(int argc, const char* const* argv, std:
     auto* check_keys = app.add_subcommand(
         "check-keys", "check now the KMS state of the keys of attached disks; revoke or restore per [revocation]");
 
-    auto* audit = app.add_subcommand(
-        "audit", "show the key-use audit trail (the agent's audit file or journal), oldest first");
+    auto* audit =
+        app.add_subcommand("audit", "show the key-use audit trail (the agent's audit file or journal), oldest first");
     std::string audit_disk;
     std::string audit_key;
     std::string audit_since;
     auto* audit_disk_opt = audit->add_option("--disk", audit_disk, "only events of this disk id");
-    auto* audit_key_opt = audit->add_option("--key", audit_key, "only events of this key, PROVIDER:KEY_ID (any version)");
+    auto* audit_key_opt =
+        audit->add_option("--key", audit_key, "only events of this key, PROVIDER:KEY_ID (any version)");
     auto* audit_since_opt = audit->add_option(
         "--since", audit_since, "only events at or after T: 2026-12-03T15:48:07Z, 2026-12-03, @EPOCH, -2h, -30m, -7d");
 

@@ -116,8 +116,7 @@ proto::Response list_all(const std::function<proto::Response(const std::string& 
     }
 }
 
-proto::Response audit_all(proto::AuditArgs args,
-                          const std::function<proto::Response(const std::string& request)>& call,
+proto::Response audit_all(proto::AuditArgs args, const std::function<proto::Response(const std::string& request)>& call,
                           const std::function<void(nlohmann::json& page)>& page)
 {
     for (;;) {

@@ -29,8 +29,7 @@ proto::Response list_all(const std::function<proto::Response(const std::string& 
 // `page` as they come (oldest first); the last response (its `events`
 // empty) is returned, or the first that failed. A page whose `next` repeats
 // the cursor just sent is a protocol error.
-proto::Response audit_all(proto::AuditArgs args,
-                          const std::function<proto::Response(const std::string& request)>& call,
+proto::Response audit_all(proto::AuditArgs args, const std::function<proto::Response(const std::string& request)>& call,
                           const std::function<void(nlohmann::json& page)>& page);
 
 }  // namespace diskcrypt::cli

@@ -107,8 +107,9 @@ void disk_rows(std::ostream& out, const json& r)
     if (const auto it = r.find("revoked"); it != r.end() && it->is_object()) {
         const json& k = it->contains("key") && it->at("key").is_object() ? it->at("key") : json::object();
         row(out, "revoked",
-            (k.empty() ? std::string("key wiped") : "key " + str(k, "provider") + ":" + str(k, "id") + " version " +
-                                                         str(k, "version") + " is " + str(*it, "state")) +
+            (k.empty() ? std::string("key wiped")
+                       : "key " + str(k, "provider") + ":" + str(k, "id") + " version " + str(k, "version") + " is " +
+                             str(*it, "state")) +
                 (it->at("since").is_string() ? " (since " + str(*it, "since") + ")" : "") +
                 ": I/O waits until the key is active again and the disk is re-keyed");
         if (k.empty()) {
@@ -168,8 +169,8 @@ void key_table(std::ostream& out, const json& keys)
     }
     std::vector<std::vector<std::string>> rows{{"KEY", "TYPE", "PRIMARY", "VERSIONS"}};
     for (const json& k : keys) {
-        rows.push_back({str(k, "provider") + ":" + str(k, "id"), str(k, "provider_type"), str(k, "primary"),
-                        versions_text(k)});
+        rows.push_back(
+            {str(k, "provider") + ":" + str(k, "id"), str(k, "provider_type"), str(k, "primary"), versions_text(k)});
     }
     table(out, rows);
 }
@@ -292,7 +293,8 @@ void print_audit_events(const nlohmann::json& page, bool first, std::ostream& ou
         std::string line = str(e, "time") + "  " + str(e, "event") + "  " + str(e, "result");
         for (const char* field : {"disk_id", "service_account", "user", "device"}) {
             if (e.contains(field) && e.at(field).is_string()) {
-                line += std::string("  ") + (std::string_view(field) == "disk_id" ? "disk" : field) + "=" + str(e, field);
+                line +=
+                    std::string("  ") + (std::string_view(field) == "disk_id" ? "disk" : field) + "=" + str(e, field);
             }
         }
         if (e.contains("key") && e.at("key").is_object()) {
@@ -433,7 +435,8 @@ void print_result(Command command, const nlohmann::json& r, bool json, std::ostr
                 }
                 break;
             }
-            const nlohmann::json& k = r.contains("key") && r.at("key").is_object() ? r.at("key") : nlohmann::json::object();
+            const nlohmann::json& k =
+                r.contains("key") && r.at("key").is_object() ? r.at("key") : nlohmann::json::object();
             const std::string spec = str(k, "provider") + ":" + str(k, "id");
             if (action == "destroy") {
                 out << "Destroyed key " << spec << " (" << str(k, "provider_type") << "): every version\n";

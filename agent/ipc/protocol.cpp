@@ -477,9 +477,8 @@ AuditArgs audit_args(const json& args)
 json to_json(const AuditArgs& a)
 {
     json j = json::object();
-    for (const auto& [name, value] :
-         {std::pair{"disk_id", &a.disk_id}, std::pair{"key", &a.key}, std::pair{"since", &a.since},
-          std::pair{"after", &a.after}}) {
+    for (const auto& [name, value] : {std::pair{"disk_id", &a.disk_id}, std::pair{"key", &a.key},
+                                      std::pair{"since", &a.since}, std::pair{"after", &a.after}}) {
         if (*value) {
             j[name] = **value;
         }

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "agent/audit.hpp"
+#include "agent/audit_query.hpp"
 #include "agent/disk_lock.hpp"
 #include "agent/dm.hpp"
 #include "agent/ipc/protocol.hpp"
@@ -30,7 +31,6 @@
 #include "agent/ops/copy.hpp"
 #include "agent/ops/format.hpp"
 #include "agent/ops/import.hpp"
-#include "agent/audit_query.hpp"
 #include "agent/ops/key.hpp"
 #include "agent/ops/recover.hpp"
 #include "agent/ops/revocation.hpp"

@@ -136,8 +136,9 @@ DiskInfo describe(const dm::Mapping& m, const std::string& disk_id)
         const auto r = revoked_disk(disk_id);
         d.revoked = r ? to_json(*r)
                       : json{{"key", nullptr},
-                             {"state", "key wiped by a revocation; the next key check (within [revocation] interval) "
-                                       "names the key's state"},
+                             {"state",
+                              "key wiped by a revocation; the next key check (within [revocation] interval) "
+                              "names the key's state"},
                              {"since", nullptr},
                              {"found", true}};
     }
@@ -243,8 +244,7 @@ void run_in_own_thread(F fn)
 KernelKey add_disk_key(const std::string& description, const SecureBuffer& dek)
 {
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): keyutils
-    const key_serial_t serial =
-        add_key("logon", description.c_str(), dek.data(), dek.size(), KEY_SPEC_THREAD_KEYRING);
+    const key_serial_t serial = add_key("logon", description.c_str(), dek.data(), dek.size(), KEY_SPEC_THREAD_KEYRING);
     if (serial < 0) {
         throw Error(Errc::kernel, errno_text("cannot add the disk's key to the kernel keyring", errno),
                     "check the kernel's key quota (/proc/sys/kernel/keys/root_maxbytes)");
@@ -277,8 +277,7 @@ CryptTable disk_table(const AgentConfig& cfg, const DiskHeader& header, const Op
 namespace {
 
 // The DEK from the keyslot the secret opens, in locked memory.
-SecureBuffer volume_key(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev,
-                        const SecureBuffer& secret)
+SecureBuffer volume_key(crypt_device* cd, const DiskHeader& header, const OpenedDevice& dev, const SecureBuffer& secret)
 {
     SecureBuffer dek(kDekBytes);
     std::size_t dek_size = dek.size();
@@ -688,8 +687,9 @@ void rekey_disk(const AgentConfig& cfg, const std::string& disk_id)
         ctx->device = dev.shown;
     }
     if (header.token.disk_id != disk_id) {
-        throw Error(Errc::binding, "device " + dev.shown + ": this header belongs to disk " + header.token.disk_id +
-                                       ", not " + disk_id + ", whose mapping it backs",
+        throw Error(Errc::binding,
+                    "device " + dev.shown + ": this header belongs to disk " + header.token.disk_id + ", not " +
+                        disk_id + ", whose mapping it backs",
                     "the storage changed under an attached disk; detach it");
     }
     // The header must still describe the live mapping: the key it opens is

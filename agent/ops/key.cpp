@@ -19,9 +19,12 @@ namespace diskcrypt {
 namespace {
 
 constexpr std::array kKeyActions{
-    std::pair{KeyAction::create, std::string_view("create")},   std::pair{KeyAction::list, std::string_view("list")},
-    std::pair{KeyAction::rotate, std::string_view("rotate")},   std::pair{KeyAction::disable, std::string_view("disable")},
-    std::pair{KeyAction::enable, std::string_view("enable")},   std::pair{KeyAction::destroy, std::string_view("destroy")},
+    std::pair{KeyAction::create, std::string_view("create")},
+    std::pair{KeyAction::list, std::string_view("list")},
+    std::pair{KeyAction::rotate, std::string_view("rotate")},
+    std::pair{KeyAction::disable, std::string_view("disable")},
+    std::pair{KeyAction::enable, std::string_view("enable")},
+    std::pair{KeyAction::destroy, std::string_view("destroy")},
 };
 
 policy::Permission permission_for(KeyAction action)
@@ -85,8 +88,7 @@ std::vector<KeyEntry> list_visible(const AgentConfig& cfg, const proto::KeyArgs&
             }
         }
     }
-    std::sort(out.begin(), out.end(),
-              [](const KeyEntry& a, const KeyEntry& b) { return a.key.spec() < b.key.spec(); });
+    std::sort(out.begin(), out.end(), [](const KeyEntry& a, const KeyEntry& b) { return a.key.spec() < b.key.spec(); });
     return out;
 }
 
@@ -159,8 +161,8 @@ KeyResult key_command(const AgentConfig& cfg, const proto::KeyArgs& args)
         if (audit::Context* ctx = audit::current()) {
             ctx->key = key;
         }
-        const std::array checks{
-            AccessCheck{policy::Subject::user_account(args.user), permission_for(r.action), policy::Resource::key(key.spec())}};
+        const std::array checks{AccessCheck{policy::Subject::user_account(args.user), permission_for(r.action),
+                                            policy::Resource::key(key.spec())}};
         r.policy_revision = authorize(cfg, checks);
         if (r.action == KeyAction::disable || r.action == KeyAction::destroy) {
             refuse_default_key(cfg, key, r.action);
@@ -174,7 +176,8 @@ KeyResult key_command(const AgentConfig& cfg, const proto::KeyArgs& args)
                 }
                 throw Error(Errc::busy,
                             "key " + key.spec() + " is used by " + std::to_string(r.attached_disks.size()) +
-                                " disk(s) attached on this host: " + ids + "; destroying it makes their data "
+                                " disk(s) attached on this host: " + ids +
+                                "; destroying it makes their data "
                                 "unreadable once they are detached",
                             "detach them first, or re-run with --force if the data is to be lost");
             }
@@ -225,12 +228,13 @@ nlohmann::json to_json(const KeyResult& r)
                 primary = v.version;
             }
         }
-        nlohmann::json j = {{"provider", e.key.provider},
-                            {"provider_type", e.provider_type},
-                            {"id", e.key.key_id},
-                            {"algorithm", e.info.algorithm.empty() ? nlohmann::json() : nlohmann::json(e.info.algorithm)},
-                            {"primary", primary.empty() ? nlohmann::json() : nlohmann::json(primary)},
-                            {"versions", versions}};
+        nlohmann::json j = {
+            {"provider", e.key.provider},
+            {"provider_type", e.provider_type},
+            {"id", e.key.key_id},
+            {"algorithm", e.info.algorithm.empty() ? nlohmann::json() : nlohmann::json(e.info.algorithm)},
+            {"primary", primary.empty() ? nlohmann::json() : nlohmann::json(primary)},
+            {"versions", versions}};
         return j;
     };
     nlohmann::json j = {{"action", key_action_name(r.action)}};

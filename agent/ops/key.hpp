@@ -37,8 +37,8 @@ struct KeyEntry {
 
 struct KeyResult {
     KeyAction action = KeyAction::list;
-    std::vector<KeyEntry> keys;  // the key acted on (one), or the list
-    std::size_t hidden = 0;      // list: keys the user may not see (kms.keys.list)
+    std::vector<KeyEntry> keys;               // the key acted on (one), or the list
+    std::size_t hidden = 0;                   // list: keys the user may not see (kms.keys.list)
     std::vector<std::string> attached_disks;  // destroy --force: disks on this host that used the key
     bool forced = false;
     std::string user;

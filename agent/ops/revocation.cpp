@@ -32,15 +32,11 @@ RevocationState& state()
     return s;
 }
 
-bool is_revoked_now(const DiskInfo& d)
-{
-    return d.target == "diskcrypt" && d.suspended && d.key_state == "wiped";
-}
+bool is_revoked_now(const DiskInfo& d) { return d.target == "diskcrypt" && d.suspended && d.key_state == "wiped"; }
 
 // One disk's revocation or restoration, as its own audit event.
 template <typename F>
-void audited(const std::string& event, const DiskInfo& d, const std::string& note, F&& fn,
-             RevocationReport& report)
+void audited(const std::string& event, const DiskInfo& d, const std::string& note, F&& fn, RevocationReport& report)
 {
     audit::Context ctx;
     if (const audit::Context* outer = audit::current()) {
@@ -60,8 +56,8 @@ void audited(const std::string& event, const DiskInfo& d, const std::string& not
     try {
         std::forward<F>(fn)();
     } catch (const Error& e) {
-        audit::emit(audit::Event{event, "failed", scope.context(), std::string(errc_name(e.code())),
-                                 note + ": " + e.what()});
+        audit::emit(
+            audit::Event{event, "failed", scope.context(), std::string(errc_name(e.code())), note + ": " + e.what()});
         log_error(event + " of disk " + d.disk_id + " failed: " + e.what());
         report.failed.emplace_back(d.disk_id, e.what());
         return;
@@ -97,9 +93,8 @@ RevocationReport check_revocation(const AgentConfig& cfg)
         // Forget disks that are gone (detached) or no longer revoked.
         const std::lock_guard lock(s.mutex);
         std::erase_if(s.revoked, [&attached](const auto& entry) {
-            return std::none_of(attached.begin(), attached.end(), [&entry](const DiskInfo& d) {
-                return d.disk_id == entry.first && is_revoked_now(d);
-            });
+            return std::none_of(attached.begin(), attached.end(),
+                                [&entry](const DiskInfo& d) { return d.disk_id == entry.first && is_revoked_now(d); });
         });
     }
     for (DiskInfo& d : attached) {
@@ -185,8 +180,8 @@ RevocationReport check_revocation(const AgentConfig& cfg)
         const std::lock_guard lock(s.mutex);
         s.last_check = report.time + ": " + std::to_string(report.keys.size()) + " key(s) checked, " +
                        std::to_string(report.revoked.size()) + " disk(s) revoked, " +
-                       std::to_string(report.restored.size()) + " restored, " +
-                       std::to_string(report.failed.size()) + " failed";
+                       std::to_string(report.restored.size()) + " restored, " + std::to_string(report.failed.size()) +
+                       " failed";
     }
     return report;
 }

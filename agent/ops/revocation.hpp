@@ -36,9 +36,9 @@ namespace diskcrypt {
 
 // Why a disk is revoked, as this agent process knows it.
 struct RevokedDisk {
-    KeyRef key;         // with the version the disk uses
-    std::string state;  // the KMS's state of that version
-    std::string since;  // UTC time of the revocation, or of the check that found it
+    KeyRef key;          // with the version the disk uses
+    std::string state;   // the KMS's state of that version
+    std::string since;   // UTC time of the revocation, or of the check that found it
     bool found = false;  // found already revoked (by an earlier agent process), not revoked by this one
 };
 
@@ -53,8 +53,8 @@ struct KeyCheck {
 struct RevocationReport {
     std::string time;  // UTC, when the check started
     std::vector<KeyCheck> keys;
-    std::vector<std::string> revoked;                          // disks revoked by this check
-    std::vector<std::string> restored;                         // disks re-keyed and resumed
+    std::vector<std::string> revoked;                         // disks revoked by this check
+    std::vector<std::string> restored;                        // disks re-keyed and resumed
     std::vector<std::pair<std::string, std::string>> failed;  // disk, why (retried at the next check)
     long long elapsed_ms = 0;
 };

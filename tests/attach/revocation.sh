@@ -143,7 +143,7 @@ check check-keys-no-keep sh -c "! grep -q '\"id\": \"keep-key\"' '$DC_OUT'"
 check rev-rotate dc --json key rotate "$REV" --user "$ADMIN"
 check rev-rotate-primary [ "$(tr -d '\n ' <"$DC_OUT" | sed -n 's/.*"primary":"\([^"]*\)".*/\1/p')" = 2 ]
 check rev-rewrap dc --json rewrap "$REVDEV" --disk-id disk-r --key "$REV" --service-account "$SA" --user "$USER_ID"
-check rev-rewrap-version2 sh -c "tr -d '\n ' <'$DC_OUT' | grep -q '\"to\":{\"provider\":\"hsm\",\"id\":\"rev-key\",\"version\":\"2\"'"
+check rev-rewrap-version2 sh -c "tr -d '\n ' <'$DC_OUT' | grep -q '\"to\":{\"ad_version\":2,\"id\":\"rev-key\",\"provider\":\"hsm\",\"version\":\"2\"}'"
 check keep-v1-verify dc verify "$KEEPDEV" --disk-id disk-k --type network-ssd --key "$KEEP" --service-account "$SA"
 check rev-v2-verify dc verify "$REVDEV" --disk-id disk-r --type network-ssd --key "$REV" --service-account "$SA"
 

@@ -5,6 +5,7 @@
 // needs device-mapper and runs in the guest (tests/attach/revocation.sh).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -158,10 +159,10 @@ TEST_CASE("e2e keys: create, list, rotate, rewrap, disable, enable, destroy with
         CHECK(f2.at("key").at("version") == "2");
         w.cli_ok({"verify", d1, "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k-new"});
         w.cli_ok({"verify", d2, "--disk-id", "d2", "--type", "network-ssd", "--key", "hsm:k-new"});
-        const json rw = json::parse(w.cli_ok({"--json", "rewrap", d1, "--disk-id", "d1", "--key", "hsm:k-new",
-                                              "--service-account", std::string(diskcrypt::test::kServiceAccount),
-                                              "--user", kEditor})
-                                        .out);
+        const json rw =
+            json::parse(w.cli_ok({"--json", "rewrap", d1, "--disk-id", "d1", "--key", "hsm:k-new", "--service-account",
+                                  std::string(diskcrypt::test::kServiceAccount), "--user", kEditor})
+                            .out);
         CHECK(rw.at("from").at("version") == "1");
         CHECK(rw.at("to").at("version") == "2");
         w.cli_ok({"verify", d1, "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k-new"});
@@ -177,8 +178,8 @@ TEST_CASE("e2e keys: create, list, rotate, rewrap, disable, enable, destroy with
         const Result v = w.cli({"verify", d1, "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k-new"});
         CHECK(v.status == 10);
         CHECK_THAT(v.err, Contains("disabled"));
-        const Result f = w.cli({"format", w.image("d3.img"), "--disk-id", "d3", "--type", "network-ssd", "--key",
-                                "hsm:k-new"});
+        const Result f =
+            w.cli({"format", w.image("d3.img"), "--disk-id", "d3", "--type", "network-ssd", "--key", "hsm:k-new"});
         CHECK(f.status == 10);
         CHECK_THAT(f.err, Contains("disabled"));
         w.cli_ok({"key", "enable", "hsm:k-new", "--user", kEditor});
@@ -202,6 +203,35 @@ TEST_CASE("e2e keys: create, list, rotate, rewrap, disable, enable, destroy with
             CHECK(k.at("id") != "k-new");
         }
         CHECK_THAT(diskcrypt::test::read_file(w.audit), Contains("\"event\":\"key-destroy\",\"result\":\"ok\""));
+    }
+
+    SECTION("audit: the trail of the key's use, filtered, from the audit file")
+    {
+        const std::string d1 = w.image("d1.img");
+        w.cli_ok({"format", d1, "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k-new"});
+        w.cli_ok({"verify", d1, "--disk-id", "d1", "--type", "network-ssd", "--key", "hsm:k-new"});
+        const json all = json::parse(w.cli_ok({"--json", "audit", "--key", "hsm:k-new"}).out);
+        CHECK_THAT(all.at("source").get<std::string>(), Contains(w.audit));
+        std::vector<std::string> events;
+        for (const json& e : all.at("events")) {
+            CHECK(e.at("key").at("id") == "k-new");
+            events.push_back(e.at("event").get<std::string>());
+        }
+        for (const char* e : {"key-create", "wrap", "unwrap", "format", "verify"}) {
+            CHECK(std::find(events.begin(), events.end(), e) != events.end());
+        }
+        const json disk = json::parse(w.cli_ok({"--json", "audit", "--disk", "d1"}).out);
+        CHECK_FALSE(disk.at("events").empty());
+        for (const json& e : disk.at("events")) {
+            CHECK(e.at("disk_id") == "d1");
+        }
+        const Result text = w.cli_ok({"audit", "--disk", "d1", "--since", "-1h"});
+        CHECK_THAT(text.out, Contains("  unwrap  ok  disk=d1"));
+        CHECK_THAT(text.out, Contains("key=hsm:k-new version=1"));
+        CHECK_THAT(w.cli_ok({"audit", "--disk", "d1", "--since", "2099-01-01"}).out, Contains("No events"));
+        const Result bad = w.cli({"audit", "--since", "yesterday"});
+        CHECK(bad.status == 2);
+        CHECK_THAT(bad.err, Contains("yesterday"));
     }
 
     SECTION("check-keys answers on a host without device-mapper: nothing to check")

@@ -561,12 +561,25 @@ TEST_CASE("cli: key and check-keys", "[cli][keys]")
     CHECK_FALSE(l.args->key.key.has_value());
     CHECK_FALSE(parse({"key", "list", "--user", "alice"}).args->key.provider.has_value());
     CHECK(parse({"check-keys"}).args->command == Command::check_keys);
+    const Parsed au = parse({"audit", "--disk", "d1", "--key", "hsm:k1", "--since", "-2h"});
+    REQUIRE(au.args.has_value());
+    CHECK(au.args->command == Command::audit);
+    CHECK(au.args->audit.disk_id == std::optional<std::string>("d1"));
+    CHECK(au.args->audit.key == std::optional<std::string>("hsm:k1"));
+    CHECK(au.args->audit.since == std::optional<std::string>("-2h"));
+    CHECK_FALSE(parse({"audit"}).args->audit.disk_id.has_value());
 
-    for (const std::vector<std::string>& bad :
-         {std::vector<std::string>{"key"}, {"key", "create", "hsm:k1"}, {"key", "create", "--user", "alice"},
-          {"key", "frob", "hsm:k1", "--user", "alice"}, {"key", "create", "nocolon", "--user", "alice"},
-          {"key", "create", "hsm:k1", "--user", "bad user"}, {"key", "rotate", "hsm:k1", "--user", "a", "--force"},
-          {"key", "list", "Bad_Provider!", "--user", "alice"}, {"check-keys", "extra"}}) {
+    for (const std::vector<std::string>& bad : {std::vector<std::string>{"key"},
+                                                {"key", "create", "hsm:k1"},
+                                                {"key", "create", "--user", "alice"},
+                                                {"key", "frob", "hsm:k1", "--user", "alice"},
+                                                {"key", "create", "nocolon", "--user", "alice"},
+                                                {"key", "create", "hsm:k1", "--user", "bad user"},
+                                                {"key", "rotate", "hsm:k1", "--user", "a", "--force"},
+                                                {"key", "list", "Bad_Provider!", "--user", "alice"},
+                                                {"check-keys", "extra"},
+                                                {"audit", "--disk", "a b"},
+                                                {"audit", "--key", "nocolon"}}) {
         INFO(bad.size());
         const Parsed p = parse(bad);
         CHECK_FALSE(p.args.has_value());

@@ -83,7 +83,7 @@ TEST_CASE("protocol: each malformed request is refused with its message", "[prot
     request_refused(R"({"protocol":1,"op":7})", "request: 'op' must be a string");
     request_refused(R"({"protocol":1,"op":"mount"})",
                     "unknown op 'mount' (known: status, list, attach, detach, format, verify, copy, rewrap, import, "
-                    "key, decrypt, recover, check-keys, auto-attach, auto-detach)");
+                    "key, decrypt, recover, check-keys, audit, auto-attach, auto-detach)");
     request_refused(R"({"protocol":1,"op":"status","extra":1})", "request has an unknown field 'extra'");
     request_refused(R"({"protocol":1,"op":"status","op":"format"})", "request has the field 'op' twice");
     request_refused(R"({"protocol":1,"op":"format","args":[]})", "op format: 'args' must be an object");
@@ -154,7 +154,7 @@ TEST_CASE("protocol: bytes that are not UTF-8 are refused with a printable messa
     }
     request_refused(R"({"protocol":1,"op":"\u001b[31m"})",
                     "unknown op '\\x1b[31m' (known: status, list, attach, detach, format, verify, copy, rewrap, "
-                    "import, key, decrypt, recover, check-keys, auto-attach, auto-detach)");
+                    "import, key, decrypt, recover, check-keys, audit, auto-attach, auto-detach)");
     request_refused(R"({"protocol":1,"op":"status","args":{"\u00ff":1}})", "op status: unknown argument '\\xc3\\xbf'");
     request_refused(R"({"protocol":1,"op":"status","x\u0007":1})", "request has an unknown field 'x\\x07'");
     // An error whose message carries invalid UTF-8 is still encoded.
@@ -239,7 +239,8 @@ TEST_CASE("protocol: key and check-keys requests round trip", "[protocol][keys]"
     k.key = "hsm:k1";
     k.user = "alice";
     k.force = true;
-    const proto::KeyArgs a = proto::key_args(proto::parse_request(proto::encode_request("key", proto::to_json(k))).args);
+    const proto::KeyArgs a =
+        proto::key_args(proto::parse_request(proto::encode_request("key", proto::to_json(k))).args);
     CHECK(a.action == "destroy");
     CHECK(a.key == std::optional<std::string>("hsm:k1"));
     CHECK_FALSE(a.provider.has_value());
@@ -249,15 +250,28 @@ TEST_CASE("protocol: key and check-keys requests round trip", "[protocol][keys]"
     l.action = "list";
     l.provider = "hsm";
     l.user = "bob";
-    const proto::KeyArgs b = proto::key_args(proto::parse_request(proto::encode_request("key", proto::to_json(l))).args);
+    const proto::KeyArgs b =
+        proto::key_args(proto::parse_request(proto::encode_request("key", proto::to_json(l))).args);
     CHECK(b.provider == std::optional<std::string>("hsm"));
     CHECK_FALSE(b.key.has_value());
     CHECK_FALSE(b.force);
     CHECK_THROWS_WITH(proto::parse_request(R"({"protocol":1,"op":"key","args":{"action":"list"}})"),
                       "op key: missing argument 'user'");
-    CHECK_THROWS_WITH(proto::parse_request(R"({"protocol":1,"op":"key","args":{"action":"list","user":"u","force":1}})"),
-                      Catch::Contains("force"));
+    CHECK_THROWS_WITH(
+        proto::parse_request(R"({"protocol":1,"op":"key","args":{"action":"list","user":"u","force":1}})"),
+        Catch::Contains("force"));
     CHECK(proto::parse_request(R"({"protocol":1,"op":"check-keys"})").op == "check-keys");
+    proto::AuditArgs q;
+    q.disk_id = "d1";
+    q.since = "-2h";
+    q.after = "f:12:34";
+    const proto::AuditArgs qa =
+        proto::audit_args(proto::parse_request(proto::encode_request("audit", proto::to_json(q))).args);
+    CHECK(qa.disk_id == std::optional<std::string>("d1"));
+    CHECK_FALSE(qa.key.has_value());
+    CHECK(qa.since == std::optional<std::string>("-2h"));
+    CHECK(qa.after == std::optional<std::string>("f:12:34"));
+    CHECK(proto::to_json(proto::AuditArgs{}).empty());
     CHECK_THROWS_WITH(proto::parse_request(R"({"protocol":1,"op":"check-keys","args":{"x":1}})"),
                       "op check-keys: unknown argument 'x'");
 }
