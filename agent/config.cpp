@@ -402,7 +402,7 @@ void parse_revocation_section(ConfigSection& s, AgentConfig& cfg)
         if (*mode == "keep" || *mode == "revoke") {
             r.mode = *mode == "revoke" ? RevocationMode::revoke : RevocationMode::keep;
         } else {
-            throw s.error_at("mode", "must be \"keep\" or \"revoke\", not \"" + printable(*mode, 32) + "\"");
+            throw s.error_at("mode", R"(must be "keep" or "revoke", not ")" + printable(*mode, 32) + "\"");
         }
     }
     if (const auto interval = s.optional_unsigned("interval", 86400)) {

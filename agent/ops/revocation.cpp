@@ -142,11 +142,11 @@ RevocationReport check_revocation(const AgentConfig& cfg)
             const std::string& st = it->second;
             const std::string version_text = "key " + spec + " version " + d.key->version;
             if (st != "active" && !is_revoked_now(d) && k.mode == RevocationMode::revoke) {
+                std::string note = version_text;
+                note += " is " + st;
+                note += ": the mapping is suspended and its kernel key wiped; I/O waits until the key is active again";
                 audited(
-                    "revoke", d,
-                    version_text + " is " + st +
-                        ": the mapping is suspended and its kernel key wiped; I/O waits until the key is "
-                        "active again",
+                    "revoke", d, note,
                     [&] {
                         wipe_disk_key(cfg, d.disk_id);
                         const std::lock_guard lock(s.mutex);

@@ -16,7 +16,8 @@
 #   - rotate: new wraps use version 2, rewrap moves a disk to it, an attach
 #     after rotation works, version 1 disks still attach;
 #   - the default key can be neither disabled nor destroyed (21);
-#   - a revoked disk detaches; destroy then works.
+#   - a revoked disk detaches; destroy then works; destroy --force of a key
+#     an attached keep-mode disk uses, which keeps serving.
 . /tests/attach/common.sh
 check revocation-setup setup_disks || exit 1
 detach_all
@@ -157,6 +158,15 @@ check rev-destroy-audit audit_has '"event":"key-destroy","result":"ok"' '"id":"r
 expect_exit rev-attach-destroyed 10 "rev-key" \
 	attach "$REVDEV" --disk-id disk-r --type network-ssd --key "$REV" --service-account "$SA"
 check rev-not-mapped sh -c "! dmsetup info diskcrypt-disk-r >/dev/null 2>&1"
+
+# A key destroyed while a disk uses it needs --force; in keep mode the disk
+# keeps serving (the kernel holds its key) until it is detached.
+check keep-destroy-forced dc key destroy "$KEEP" --user "$ADMIN" --force
+check keep-destroy-forced-says grep -q "disks attached on this host used it: disk-k" "$DC_OUT"
+check keep-destroy-audit audit_has '"event":"key-destroy","result":"ok"' '"id":"keep-key"' 'forced while attached disks use it'
+sleep 2
+check keep-after-destroy-live live disk-k
+check keep-after-destroy-io reads_back disk-k
 
 # Cleanup: the standard agent and policy, loop devices gone.
 dc detach disk-k

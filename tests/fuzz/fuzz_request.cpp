@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <string_view>
 
+#include "agent/audit_query.hpp"
 #include "agent/error.hpp"
 #include "agent/ipc/protocol.hpp"
+#include "agent/ops/key.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
 {
@@ -24,6 +26,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             (void)proto::to_json(proto::detach_args(r.args));
         } else if (r.op == "status") {
             (void)proto::to_json(proto::status_args(r.args));
+        } else if (r.op == "key") {
+            const proto::KeyArgs k = proto::key_args(r.args);
+            (void)proto::to_json(k);
+            (void)parse_key_action(k.action);
+        } else if (r.op == "audit") {
+            const proto::AuditArgs a = proto::audit_args(r.args);
+            (void)proto::to_json(a);
+            if (a.since) {
+                (void)audit::parse_since(*a.since, 1764776887);
+            }
+        } else if (r.op == "rewrap") {
+            (void)proto::to_json(proto::rewrap_args(r.args));
+        } else if (r.op == "copy") {
+            (void)proto::to_json(proto::copy_args(r.args));
         }
         // What was accepted encodes and decodes again.
         (void)proto::parse_request(proto::encode_request(r.op, r.args));

@@ -634,17 +634,24 @@ TEST_CASE("kmip messages: responses captured from PyKMIP 0.10 parse as expected"
     CHECK_THAT(map_result(rd, one, KeyState::active).what(), Catch::Contains("refused Destroy"));
 }
 
+namespace {
+
+// A refused response: operation failed with `reason` and a server message.
+Response failed(Operation op, std::uint32_t reason)
+{
+    Response r;
+    r.operation = op;
+    r.status = ResultStatus::operation_failed;
+    r.reason = reason;
+    r.message = "server text";
+    return r;
+}
+
+}  // namespace
+
 TEST_CASE("kmip results map to specific errors", "[kmip]")
 {
     const Context ctx{"kms", "127.0.0.1:5696", "diskcrypt-agent", "disk-key", "7"};
-    const auto failed = [](Operation op, std::uint32_t reason) {
-        Response r;
-        r.operation = op;
-        r.status = ResultStatus::operation_failed;
-        r.reason = reason;
-        r.message = "server text";
-        return r;
-    };
     const Error not_found = map_result(failed(Operation::decrypt, reason::item_not_found), ctx, KeyState::unknown);
     CHECK(not_found.code() == Errc::kms_key);
     CHECK_THAT(not_found.what(), Catch::Contains("was not found") && Catch::Contains("Item Not Found (0x1)") &&
@@ -673,14 +680,6 @@ TEST_CASE("kmip results map to specific errors", "[kmip]")
 TEST_CASE("kmip results of key lifecycle operations map to specific errors", "[kmip]")
 {
     const Context ctx{"kms", "127.0.0.1:5696", "diskcrypt-agent", "disk-key", "7"};
-    const auto failed = [](Operation op, std::uint32_t reason) {
-        Response r;
-        r.operation = op;
-        r.status = ResultStatus::operation_failed;
-        r.reason = reason;
-        r.message = "server text";
-        return r;
-    };
     // PyKMIP answers Activate of an object that is not Pre-Active with Permission Denied.
     const Error reactivate =
         map_result(failed(Operation::activate, reason::permission_denied), ctx, KeyState::deactivated);
