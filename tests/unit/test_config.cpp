@@ -161,7 +161,7 @@ TEST_CASE("config: [revocation] mode, interval and the keys of each mode", "[con
     CHECK(k.revocation.mode_for({"hsm", "disk-key", ""}) == RevocationMode::revoke);
     CHECK(k.revocation.mode_for({"hsm", "other", ""}) == RevocationMode::keep);
     refused(kProvider + "[revocation]\nmode = \"wipe\"\n",
-            "agent.toml:7: [revocation] mode: must be \"keep\" or \"revoke\", not \"wipe\"");
+            R"(agent.toml:7: [revocation] mode: must be "keep" or "revoke", not "wipe")");
     refused(kProvider + "[revocation]\ninterval = 0\n",
             "agent.toml:7: [revocation] interval: must be at least 1 (seconds between key-state checks)");
     refused(kProvider + "[revocation]\nrevoke = [\"kms:disk-key\"]\n",
