@@ -43,7 +43,7 @@ int main(int argc, char** argv)
                             all.push_back(std::move(e));
                         }
                     } else {
-                        cli::print_audit_events(page, !header, std::cout);
+                        cli::print_audit_events(page, std::cout);
                         header = header || !page.at("events").empty();
                     }
                 });

@@ -280,9 +280,8 @@ void print_error(Errc code, const std::string& message, const std::string& hint,
     }
 }
 
-void print_audit_events(const nlohmann::json& page, bool first, std::ostream& out)
+void print_audit_events(const nlohmann::json& page, std::ostream& out)
 {
-    (void)first;
     if (!page.contains("events") || !page.at("events").is_array()) {
         return;
     }
@@ -457,7 +456,7 @@ void print_result(Command command, const nlohmann::json& r, bool json, std::ostr
             break;
         }
         case Command::audit:
-            print_audit_events(r, true, out);
+            print_audit_events(r, out);
             print_audit_end(r, r.contains("events") && r.at("events").is_array() && !r.at("events").empty(), out);
             break;
         case Command::check_keys: {

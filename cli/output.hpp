@@ -39,8 +39,8 @@ private:
 
 // `audit` in text: one line per event of an agent's page (TIME EVENT RESULT
 // and the event's disk, key, version, service account, user, caller and
-// message as NAME=VALUE), escaped; `first`: no page printed yet.
-void print_audit_events(const nlohmann::json& page, bool first, std::ostream& out);
+// message as NAME=VALUE), escaped.
+void print_audit_events(const nlohmann::json& page, std::ostream& out);
 // The end of `audit` in text: "No events." when none were printed, and the
 // number of lines of the source that were not events.
 void print_audit_end(const nlohmann::json& done, bool printed, std::ostream& out);
