@@ -18,7 +18,8 @@
 #   make deb      the Debian packages (diskcrypt, diskcrypt-dkms) in build/deb, lintian
 #   make test-packaging  the packages, lintian, dkms build, make install DESTDIR=
 #   make test-systemd  the packages installed in a Debian guest booting systemd:
-#                 units, hardening, restarts, watchdog, udev auto-attach (hot-plug)
+#                 units, hardening, restarts, watchdog, udev auto-attach (hot-plug),
+#                 the audit trail read from the journal
 #   make bench    throughput (raw, dm-crypt, diskcrypt) in two modes, then attach
 #                 latency: BENCH_MODE=both (default), icount (instructions per
 #                 I/O under QEMU -icount, repeatable) or wallclock (medians)

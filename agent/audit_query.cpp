@@ -934,6 +934,12 @@ Page query_journal(const Query& q, const ScanLimits& limits)
             const std::size_t keep = name == "MESSAGE" ? 2 * kMaxAuditValue : kMaxAuditValue;
             fields.emplace(std::string(name), JournalValue{std::string(value.substr(0, keep)), value.size()});
         }
+        if (journal_value(fields, "DISKCRYPT_EVENT") == nullptr) {
+            // The agent's log lines (its stderr under SyslogIdentifier=)
+            // share the identifier: not events, and not counted as skipped.
+            last = entry_cursor();
+            continue;
+        }
         std::uint64_t usec = 0;
         std::optional<AuditJson> event;
         if (sd_journal_get_realtime_usec(j, &usec) >= 0) {

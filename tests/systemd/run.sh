@@ -14,6 +14,10 @@
 #              role, an entry disagreeing with the header: refused and
 #              audited; a plain LUKS2 disk starts nothing; removal detaches
 #              (forced while open); a guest LVM VG inside is not activated
+#   audit      `diskcrypt audit` of the agent keeping its audit events only
+#              in the journal: the events of an attach, a detach and a
+#              refusal; a forged entry logged by an unprivileged process
+#              with the agent's identifier is not shown
 #
 # Usage: tests/systemd/run.sh [TEST,...]
 # Needs tests/packaging/run.sh's outputs: $DISKCRYPT_BUILD/deb/*.deb and
@@ -22,7 +26,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${DISKCRYPT_BUILD:-$ROOT/build}
-TESTS=${1:-units,autoattach}
+TESTS=${1:-units,autoattach,audit}
 W=$BUILD/vm/systemd
 
 version=$(dpkg-parsechangelog -l "$ROOT/packaging/debian/changelog" -S Version)
