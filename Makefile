@@ -3,8 +3,8 @@
 #   make demo     install dependencies, build, boot the QEMU guest and tell the
 #                 story: HSM key, format, attach, write, detach, attach, read,
 #                 status, audit (the README's first command)
-#   make check    every test: lint, host unit tests (a Release build with
-#                 -Werror, as release-check, and ASan+UBSan), 10 s of each fuzz
+#   make check    every test: lint, host unit tests (a Release unity build with
+#                 -Werror, and ASan+UBSan), 10 s of each fuzz
 #                 target, the harness self-test, the kernel suite on Debian's
 #                 kernel and on the debug kernel (DEBUG_KERNEL=0: not), the
 #                 attach suite in QEMU guests, the Debian packages and the
